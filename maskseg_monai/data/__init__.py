@@ -1,0 +1,26 @@
+"""Data for maskseg_monai: offline demo datasets, synthetic small-object scenes and dataset manifests."""
+
+from maskseg_monai.data.demo import (
+    DATALIST_NAME,
+    DEMO_SETS,
+    demo_dicom_series_dir,
+    ensure_demo_datalist,
+    materialize_demo,
+)
+from maskseg_monai.data.manifest import ManifestError, VerificationError, load_manifest, prepare_dataset
+from maskseg_monai.data.synthetic import BLOOD_CLASSES, MIN_SCENE_SIZE, blood_smear_scene
+
+__all__ = [
+    "BLOOD_CLASSES",
+    "DATALIST_NAME",
+    "DEMO_SETS",
+    "MIN_SCENE_SIZE",
+    "ManifestError",
+    "VerificationError",
+    "blood_smear_scene",
+    "demo_dicom_series_dir",
+    "ensure_demo_datalist",
+    "load_manifest",
+    "materialize_demo",
+    "prepare_dataset",
+]

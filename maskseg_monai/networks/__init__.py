@@ -1,0 +1,6 @@
+"""Networks: the ViT encoder and the masked autoencoder built on it."""
+
+from maskseg_monai.networks.mae import MaskedAutoencoderViT, export_encoder
+from maskseg_monai.networks.vit_encoder import ViTEncoder
+
+__all__ = ["MaskedAutoencoderViT", "ViTEncoder", "export_encoder"]

@@ -1,0 +1,217 @@
+"""The MAE bundle run through ``python -m monai.bundle``, as a user runs it (Model Zoo CI style)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundles" / "mae"
+CONFIGS = BUNDLE / "configs"
+REQUIRED_META = [
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
+]
+TINY = [
+    "--hidden_size",
+    "48",
+    "--mlp_dim",
+    "96",
+    "--num_layers",
+    "2",
+    "--num_heads",
+    "4",
+    "--decoder_hidden_size",
+    "48",
+    "--decoder_mlp_dim",
+    "96",
+    "--decoder_num_layers",
+    "1",
+    "--decoder_num_heads",
+    "4",
+]
+
+
+def bundle(*args: str, configs: tuple[str, ...] = ("train.json",), cwd: Path = BUNDLE) -> subprocess.CompletedProcess:
+    files = [str(CONFIGS / c) for c in configs]
+    config_arg = files[0] if len(files) == 1 else str(files)
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        *args,
+        "--config_file",
+        config_arg,
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+    ]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+def test_metadata_has_required_fields():
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert not [k for k in REQUIRED_META if k not in meta]
+    assert meta["version"] in meta["changelog"]
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["num_channels"] == 1 and fmt["outputs"]["pred"]["num_channels"] == 2
+    train = json.loads((CONFIGS / "train.json").read_text())
+    assert "training" in train and "network_def" in train
+    assert fmt["inputs"]["image"]["spatial_shape"] == [train["img_size"]] * train["spatial_dims"]
+
+
+def test_verify_net_in_out():
+    out = ok(bundle("verify_net_in_out", "network_def"))
+    assert "verified with no error" in out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, str]:
+    """A short real training on the built-in demo data (real DSB 2018 nuclei tiles)."""
+    root = tmp_path_factory.mktemp("mae_bundle")
+    log = ok(
+        bundle(
+            "run",
+            "training",
+            "--bundle_root",
+            str(root),
+            "--epochs",
+            "6",
+            "--val_interval",
+            "3",
+            "--warmup_epochs",
+            "1",
+            "--batch_size",
+            "8",
+            *TINY,
+        )
+    )
+    return root, log
+
+
+def epoch_losses(log: str) -> list[float]:
+    return [float(v) for v in re.findall(r"Epoch\[\d+\] Metrics -- train_loss: ([0-9.]+)", log)]
+
+
+def test_training_lowers_loss_and_writes_outputs(trained):
+    root, log = trained
+    losses = epoch_losses(log)
+    assert len(losses) == 6, log[-3000:]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert re.search(r"val_psnr_masked: [0-9.]+", log)
+    models = root / "models"
+    for name in ("model.pt", "model_final.pt", "encoder.pt"):
+        assert (models / name).is_file(), sorted(p.name for p in models.iterdir())
+    assert not list(models.glob(".tmp-*"))
+    final = torch.load(models / "model_final.pt", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler"} <= set(final)
+    enc = torch.load(models / "encoder.pt", weights_only=True)
+    assert enc["config"]["patch_size"] == [8, 8] and "blocks.0.attn.qkv.weight" in enc["state_dict"]
+    assert list((root / "runs").glob("events.out.tfevents.*"))
+    assert (root / "demo_data" / "nuclei2d").is_dir()
+
+
+def test_evaluate_writes_metrics(trained):
+    root, _ = trained
+    ok(bundle("run", "--bundle_root", str(root), *TINY, configs=("train.json", "evaluate.json")))
+    rows = dict(line.split(",") for line in (root / "eval" / "metrics.csv").read_text().splitlines())
+    assert set(rows) == {"val_psnr_masked", "val_psnr_all", "val_ssim_masked", "val_ssim_all"}
+    assert 5.0 < float(rows["val_psnr_masked"]) < 60.0
+
+
+def test_inference_writes_panels(trained, tmp_path):
+    root, _ = trained
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((80, 70)) * 255).astype(np.uint8)).save(tmp_path / f"query{i}.png")
+    ok(
+        bundle(
+            "run",
+            "inference",
+            "--bundle_root",
+            str(root),
+            "--input_dir",
+            str(tmp_path),
+            *TINY,
+            configs=("train.json", "inference.json"),
+        )
+    )
+    panels = sorted((root / "outputs").glob("*_mae.png"))
+    assert [p.name for p in panels] == ["query0_mae.png", "query1_mae.png"]
+    assert np.asarray(Image.open(panels[0])).shape == (64, 4 * 64 + 3 * 2)
+
+
+def test_patch_size_and_ratio_from_command_line(tmp_path):
+    log = ok(
+        bundle(
+            "run",
+            "training",
+            "--bundle_root",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--patch_size",
+            "4",
+            "--mask_ratio",
+            "0.25",
+            *TINY,
+        )
+    )
+    enc = torch.load(tmp_path / "models" / "encoder.pt", weights_only=True)
+    assert enc["config"]["patch_size"] == [4, 4]
+    assert enc["state_dict"]["patch_embedding.position_embeddings"].shape[1] == 256
+    assert "train_loss" in log
+
+
+def test_3d_training_on_demo_volumes(tmp_path):
+    log = ok(
+        bundle(
+            "run",
+            "training",
+            "--bundle_root",
+            str(tmp_path),
+            "--epochs",
+            "2",
+            "--val_interval",
+            "2",
+            "--spatial_dims",
+            "3",
+            "--demo_set",
+            "bloodsmear3d",
+            "--img_size",
+            "32",
+            "--patch_size",
+            "8",
+            "--batch_size",
+            "2",
+            *TINY,
+        )
+    )
+    assert len(epoch_losses(log)) == 2
+    enc = torch.load(tmp_path / "models" / "encoder.pt", weights_only=True)
+    assert enc["config"]["spatial_dims"] == 3 and enc["config"]["patch_size"] == [8, 8, 8]
