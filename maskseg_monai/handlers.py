@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -11,12 +12,18 @@ import torch
 from monai.handlers import IgniteMetricHandler, from_engine
 
 from maskseg_monai.metrics import ReconstructionMetric, reconstruct_image
-from maskseg_monai.utils import atomic_write
+from maskseg_monai.utils import as_bool, atomic_write
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["ReconstructionMetricHandler", "ReconstructionSaver", "ProgressBarHandler", "save_reconstruction"]
+__all__ = [
+    "MaskRatioScheduler",
+    "ProgressBarHandler",
+    "ReconstructionMetricHandler",
+    "ReconstructionSaver",
+    "save_reconstruction",
+]
 
 
 class ReconstructionMetricHandler(IgniteMetricHandler):
@@ -70,17 +77,28 @@ class ReconstructionSaver:
 
     2D images give one PNG; 3D volumes give a PNG of the central slice along the last axis and the
     reconstruction as NIfTI with the input's affine. Files are named after the input file
-    (``<name>_mae.png``, ``<name>_recon.nii.gz``) and written atomically. The engine must run with
+    (``<name>_mae.png``, ``<name>_recon.nii.gz``) and written atomically. With ``mps_channel`` a fifth
+    panel shows the patches that AMLP's Masked Patch Selection put in the lesion category (bright) over
+    the image.
+
     Args:
         output_dir: folder of the outputs (created if needed).
         patch_size: the network's patch size.
         norm_pix_loss: whether the network predicts per-patch normalised pixels.
+        mps_channel: index of the MPS category map in the network output (AMLP: ``in_channels + 2``).
     """
 
-    def __init__(self, output_dir: str, patch_size: Sequence[int] | int, norm_pix_loss: bool = False) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        patch_size: Sequence[int] | int,
+        norm_pix_loss: bool = False,
+        mps_channel: int | None = None,
+    ) -> None:
         self.output_dir = output_dir
         self.patch_size = patch_size
-        self.norm_pix_loss = norm_pix_loss
+        self.norm_pix_loss = as_bool(norm_pix_loss, "norm_pix_loss")
+        self.mps_channel = mps_channel
         self.written: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -98,8 +116,12 @@ class ReconstructionSaver:
             )
             meta = getattr(image, "meta", {})
             name = meta.get("filename_or_obj", f"image_{len(self.written)}")
+            extra = []
+            if self.mps_channel is not None:
+                category = output[self.mps_channel : self.mps_channel + 1].float()
+                extra.append(0.5 * image.float().mean(0, keepdim=True) + 0.5 * category)
             self.written += save_reconstruction(
-                self.output_dir, str(name), image, pixel_mask[0], recon[0], pasted[0], meta.get("affine")
+                self.output_dir, str(name), image, pixel_mask[0], recon[0], pasted[0], meta.get("affine"), extra
             )
 
 
@@ -128,6 +150,7 @@ def save_reconstruction(
     recon: torch.Tensor,
     pasted: torch.Tensor,
     affine: torch.Tensor | None = None,
+    extra_panels: Sequence[torch.Tensor] = (),
 ) -> list[str]:
     """Write the panel (and, in 3D, the NIfTI reconstruction) of one image; return the paths written.
 
@@ -136,12 +159,17 @@ def save_reconstruction(
         source: the input's file name (only its stem is used).
         image, pixel_mask, recon, pasted: ``[C, *spatial]`` tensors (mask ``[1, *spatial]``), intensities in [0, 1].
         affine: the input's affine, for the 3D NIfTI output.
+        extra_panels: further ``[1, *spatial]`` maps in [0, 1] appended to the strip.
     """
     from PIL import Image
 
     stem = _stem(source)
     masked = image * (1 - pixel_mask) + 0.5 * pixel_mask
     panels = [image, masked, recon, pasted]
+    if extra_panels:
+        panels = [p.float().cpu() for p in panels]
+        gray = [p.mean(0, keepdim=True) if p.shape[0] != image.shape[0] else p for p in panels]
+        panels = gray + [e.float().cpu().expand_as(panels[0]) for e in extra_panels]
     written = []
     if image.ndim == 4:
         z = image.shape[-1] // 2
@@ -166,3 +194,94 @@ def save_reconstruction(
         )
     )
     return written
+
+
+SUPPORTED_RATIO_SCHEDULES = ("linear", "cosine", "step")
+
+
+class MaskRatioScheduler:
+    """Adaptive Masking Ratio (AMLP): grow the network's ``mask_ratio`` from ``start`` to ``end`` during training.
+
+    ``r(u) = start + (end - start) * s(u)`` with training progress ``u`` in [0, 1] (per iteration, or per
+    epoch with ``epoch_level``) and ``s`` linear, cosine (``(1 - cos(pi u)) / 2``) or a staircase of
+    ``num_stages`` equal steps. The ratio is written to ``engine.state.metrics["mask_ratio"]`` at the end of
+    every epoch (so ``StatsHandler`` and ``TensorBoardStatsHandler`` log it; attach this handler before them)
+    and is part of :meth:`state_dict` for checkpoints. ``start == end`` keeps a fixed ratio.
+
+    Args:
+        start: ratio at the beginning, in (0, 1).
+        end: ratio at the end, in (0, 1).
+        schedule: ``"linear"``, ``"cosine"`` or ``"step"``.
+        epoch_level: update once per epoch instead of every iteration.
+        num_stages: number of stages of the ``"step"`` schedule (>= 2).
+        network: the network to update; defaults to ``engine.network`` (DDP-wrapped networks are unwrapped).
+
+    Raises:
+        ValueError: on ratios outside (0, 1), an unknown schedule or too few stages.
+    """
+
+    def __init__(
+        self,
+        start: float = 0.25,
+        end: float = 0.75,
+        schedule: str = "linear",
+        epoch_level: bool = False,
+        num_stages: int = 4,
+        network: torch.nn.Module | None = None,
+    ) -> None:
+        for name, value in (("start", start), ("end", end)):
+            if not 0.0 < float(value) < 1.0:
+                raise ValueError(f"mask ratio {name} must be in (0, 1), got {value}.")
+        if schedule not in SUPPORTED_RATIO_SCHEDULES:
+            raise ValueError(
+                f"Unsupported schedule: {schedule}, available options are {list(SUPPORTED_RATIO_SCHEDULES)}."
+            )
+        if num_stages < 2:
+            raise ValueError(f"num_stages must be >= 2, got {num_stages}.")
+        self.start, self.end, self.schedule = float(start), float(end), schedule
+        self.epoch_level, self.num_stages, self.network = as_bool(epoch_level, "epoch_level"), num_stages, network
+        self.ratio = self.start
+
+    def ratio_at(self, progress: float) -> float:
+        """Scheduled ratio at training progress ``progress`` in [0, 1]."""
+        u = min(max(float(progress), 0.0), 1.0)
+        if self.schedule == "cosine":
+            s = (1 - math.cos(math.pi * u)) / 2
+        elif self.schedule == "step":
+            s = min(math.floor(u * self.num_stages), self.num_stages - 1) / (self.num_stages - 1)
+        else:
+            s = u
+        return self.start + (self.end - self.start) * s
+
+    def attach(self, engine: Engine) -> None:
+        """Update the ratio at every iteration (or epoch) start, and record it at every epoch end."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED if self.epoch_level else Events.ITERATION_STARTED, self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.record)
+
+    def progress(self, engine: Engine) -> float:
+        """Training progress of ``engine`` in [0, 1] (0 at the first update, 1 at the last)."""
+        state = engine.state
+        if self.epoch_level:
+            return (state.epoch - 1) / max(state.max_epochs - 1, 1)
+        total = state.max_epochs * state.epoch_length
+        return (state.iteration - 1) / max(total - 1, 1)
+
+    def __call__(self, engine: Engine) -> None:
+        """Set the network's ``mask_ratio`` for the coming iteration or epoch."""
+        self.ratio = self.ratio_at(self.progress(engine))
+        net = self.network if self.network is not None else engine.network
+        getattr(net, "module", net).mask_ratio = self.ratio
+
+    def record(self, engine: Engine) -> None:
+        """Put the current ratio into ``engine.state.metrics["mask_ratio"]``."""
+        engine.state.metrics["mask_ratio"] = self.ratio
+
+    def state_dict(self) -> dict[str, float]:
+        """Checkpointable state."""
+        return {"ratio": self.ratio}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.ratio = float(state["ratio"])

@@ -21,19 +21,22 @@ class SeededMaskInferer(Inferer):
 
     Args:
         seed: seed of the masks.
+        mask_ratio: ratio of the masks; defaults to the network's current ``mask_ratio``.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, mask_ratio: float | None = None) -> None:
         super().__init__()
         self.seed = seed
+        self.mask_ratio = mask_ratio
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Mask ``inputs`` ``[B, C, *spatial]`` at the network's ``mask_ratio`` and run it.
+        """Mask ``inputs`` ``[B, C, *spatial]`` at ``mask_ratio`` and run the network.
 
         Returns:
-            the network's ``(pred [B, L, P], mask [B, L])``.
+            the network's output ``[B, C + 1 (+ extra), *spatial]``.
         """
         net = getattr(network, "module", network)
         generator = torch.Generator().manual_seed(self.seed)
-        mask = generate_patch_mask(inputs.shape[0], net.num_patches, net.mask_ratio, generator=generator).mask
+        ratio = net.mask_ratio if self.mask_ratio is None else self.mask_ratio
+        mask = generate_patch_mask(inputs.shape[0], net.num_patches, ratio, generator=generator).mask
         return network(inputs, *args, mask=mask.to(inputs.device), **kwargs)

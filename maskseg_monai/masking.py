@@ -6,7 +6,8 @@ Layout conventions (shared by the whole package):
 - patch tokens ``[B, L, prod(patch_size) * C]``, ``L = prod(spatial // patch_size)``, tokens in the
   row-major order of the patch grid (the order of MONAI's convolutional ``PatchEmbeddingBlock``);
 - patch masks ``[B, L]`` with 1 = masked (removed from the encoder), 0 = visible;
-- masked-autoencoder outputs ``[B, C + 1, *spatial]``: the reconstruction, then the pixel mask.
+- masked-autoencoder outputs ``[B, C + 1 + E, *spatial]``: the reconstruction, the pixel mask, then
+  ``E`` optional extra maps (AMLP: lesion logit and MPS category).
 """
 
 from __future__ import annotations
@@ -152,12 +153,21 @@ def patch_mask_to_image(mask: torch.Tensor, patch_size: Sequence[int] | int, img
     return unpatchify(tokens, patch, img_size, 1)
 
 
-def split_mae_output(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split a masked-autoencoder output ``[B, C + 1, *spatial]`` into the reconstruction
-    ``[B, C, *spatial]`` and the pixel mask ``[B, 1, *spatial]`` (1 = masked)."""
-    if output.ndim not in (4, 5) or output.shape[1] < 2:
-        raise ValueError(f"expected a masked-autoencoder output [B, C + 1, *spatial], got {tuple(output.shape)}.")
-    return output[:, :-1], output[:, -1:]
+def split_mae_output(output: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a masked-autoencoder output ``[B, C + 1 + E, *spatial]`` into the reconstruction
+    ``[B, C, *spatial]`` and the pixel mask ``[B, 1, *spatial]`` (1 = masked); ``E`` extra channels
+    (for example AMLP's lesion maps) follow the mask and are ignored here.
+
+    Args:
+        output: the network output.
+        in_channels: ``C``, the number of image channels.
+    """
+    if output.ndim not in (4, 5) or output.shape[1] < in_channels + 1:
+        raise ValueError(
+            f"expected a masked-autoencoder output [B, {in_channels} + 1 (+ extra), *spatial], "
+            f"got {tuple(output.shape)}."
+        )
+    return output[:, :in_channels], output[:, in_channels : in_channels + 1]
 
 
 def merge_mae_output(

@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 
 from maskseg_monai.losses import patch_targets
 from maskseg_monai.masking import patchify, split_mae_output, unpatchify
+from maskseg_monai.utils import as_bool
 
 __all__ = [
     "reconstruct_image",
@@ -35,7 +36,7 @@ def reconstruct_image(
     """Images from a masked-autoencoder output.
 
     Args:
-        output: ``[B, C + 1, *spatial]`` network output (prediction, then pixel mask).
+        output: ``[B, C + 1 (+ extra), *spatial]`` network output (prediction, then pixel mask).
         images: ``[B, C, *spatial]`` the inputs (needed to undo ``norm_pix_loss`` and to paste visible patches).
         patch_size: the network's patch size.
         norm_pix_loss: whether the prediction is in per-patch normalised units.
@@ -44,7 +45,7 @@ def reconstruct_image(
         ``recon [B, C, *spatial]`` (the raw prediction everywhere, in intensities), ``pasted`` (the input
         where visible, the prediction where masked) and the pixel mask ``[B, 1, *spatial]``, all float32.
     """
-    pred, pixel_mask = split_mae_output(output.float())
+    pred, pixel_mask = split_mae_output(output.float(), images.shape[1])
     if pred.shape != images.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and images {tuple(images.shape)} differ in shape.")
     recon = pred
@@ -144,9 +145,13 @@ def region_psnr(
             f"{tuple(recon.shape)} and {tuple(images.shape)}."
         )
     if region.ndim != images.ndim or region.shape[0] != images.shape[0] or region.shape[1] != 1:
-        raise ValueError(f"region must be [B, 1, *spatial] for images {tuple(images.shape)}, got {tuple(region.shape)}.")
+        raise ValueError(
+            f"region must be [B, 1, *spatial] for images {tuple(images.shape)}, got {tuple(region.shape)}."
+        )
     if region.shape[2:] != images.shape[2:]:
-        raise ValueError(f"region must have the spatial size of images {tuple(images.shape)}, got {tuple(region.shape)}.")
+        raise ValueError(
+            f"region must have the spatial size of images {tuple(images.shape)}, got {tuple(region.shape)}."
+        )
     if data_range <= 0:
         raise ValueError(f"data_range must be positive, got {data_range}.")
     recon, images, region = recon.float(), images.float(), region.float()
@@ -195,11 +200,14 @@ def small_object_mask(
     if spatial_dims is None:
         spatial_dims = {3: 2, 4: 2 if label.ndim == 4 and label.shape[1] == 1 else 3, 5: 3}.get(label.ndim)
     if spatial_dims not in (2, 3):
-        raise ValueError(f"label must be [B, 1, *spatial] or [1, *spatial] with 2 or 3 spatial dims, got {tuple(label.shape)}.")
+        raise ValueError(
+            f"label must be [B, 1, *spatial] or [1, *spatial] with 2 or 3 spatial dims, got {tuple(label.shape)}."
+        )
     batched = label.ndim == spatial_dims + 2
     if label.ndim not in (spatial_dims + 1, spatial_dims + 2) or label.shape[int(batched)] != 1:
         raise ValueError(
-            f"label must be [B, 1, *spatial] or [1, *spatial] with {spatial_dims} spatial dims, got {tuple(label.shape)}."
+            f"label must be [B, 1, *spatial] or [1, *spatial] with {spatial_dims} spatial dims, "
+            f"got {tuple(label.shape)}."
         )
     if not 1 <= connectivity <= spatial_dims:
         raise ValueError(f"connectivity must be in [1, {spatial_dims}], got {connectivity}.")
@@ -223,7 +231,7 @@ def small_object_mask(
 class ReconstructionMetric(RegressionMetric):
     """PSNR or SSIM of masked-autoencoder reconstructions, over masked pixels or the whole image.
 
-    A MONAI cumulative metric: call it with ``y_pred`` the network output ``[B, C + 1, *spatial]`` and
+    A MONAI cumulative metric: call it with ``y_pred`` the network output ``[B, C + 1 (+ extra), *spatial]`` and
     ``y`` the image ``[B, C, *spatial]`` (or lists of per-sample tensors), then :meth:`aggregate`.
 
     Args:
@@ -252,12 +260,15 @@ class ReconstructionMetric(RegressionMetric):
             raise ValueError(f"Unsupported metric: {name}, available options are {list(RECONSTRUCTION_METRICS)}.")
         self.name = name
         self.patch_size = patch_size
-        self.norm_pix_loss = norm_pix_loss
+        self.norm_pix_loss = as_bool(norm_pix_loss, "norm_pix_loss")
         self.data_range = data_range
 
     def _check_shape(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
-        if y_pred.shape[0] != y.shape[0] or y_pred.shape[1] != y.shape[1] + 1 or y_pred.shape[2:] != y.shape[2:]:
-            raise ValueError(f"y_pred must be [B, C + 1, *spatial] for y [B, C, *spatial], got {tuple(y_pred.shape)} and {tuple(y.shape)}.")
+        if y_pred.shape[0] != y.shape[0] or y_pred.shape[1] < y.shape[1] + 1 or y_pred.shape[2:] != y.shape[2:]:
+            raise ValueError(
+                f"y_pred must be [B, C + 1 (+ extra), *spatial] for y [B, C, *spatial], "
+                f"got {tuple(y_pred.shape)} and {tuple(y.shape)}."
+            )
 
     def _compute_metric(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         recon, _, pixel_mask = reconstruct_image(y_pred, y, self.patch_size, self.norm_pix_loss)

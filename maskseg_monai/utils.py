@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write", "atomic_torch_save"]
+__all__ = ["atomic_write", "atomic_torch_save", "as_bool"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> str:
@@ -46,3 +46,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> str:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     """``torch.save`` through :func:`atomic_write`."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def as_bool(value: Any, name: str = "value") -> bool:
+    """A config or command-line flag as a bool.
+
+    ``python -m monai.bundle ... --use_mps false`` passes the *string* ``"false"`` (only ``False`` becomes a
+    bool), which Python treats as true; bundle configs read flags through this function instead.
+
+    Raises:
+        ValueError: on a string that is not a recognised yes/no word.
+    """
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+        raise ValueError(f"{name} must be true or false, got {value!r}.")
+    return bool(value)

@@ -12,7 +12,7 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 
 from maskseg_monai.masking import generate_patch_mask, mask_from_scores, merge_mae_output, unpatchify
 from maskseg_monai.networks.vit_encoder import ViTEncoder, check_embed_dim, transformer_blocks
-from maskseg_monai.utils import atomic_torch_save
+from maskseg_monai.utils import as_bool, atomic_torch_save
 
 __all__ = ["MaskedAutoencoderViT", "export_encoder"]
 
@@ -74,6 +74,7 @@ class MaskedAutoencoderViT(nn.Module):
         use_flash_attention: bool = True,
     ) -> None:
         super().__init__()
+        use_flash_attention = as_bool(use_flash_attention, "use_flash_attention")
         check_embed_dim("decoder_hidden_size", decoder_hidden_size, decoder_num_heads, spatial_dims, "sincos")
         self.encoder = ViTEncoder(
             in_channels,

@@ -11,6 +11,7 @@ from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from monai.utils import ensure_tuple_rep, look_up_option
 
 from maskseg_monai.masking import grid_size
+from maskseg_monai.utils import as_bool
 
 __all__ = ["ViTEncoder", "SUPPORTED_POS_EMBED", "transformer_blocks"]
 
@@ -106,6 +107,7 @@ class ViTEncoder(nn.Module):
         use_flash_attention: bool = True,
     ) -> None:
         super().__init__()
+        use_flash_attention = as_bool(use_flash_attention, "use_flash_attention")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         pos_embed_type = look_up_option(pos_embed_type, SUPPORTED_POS_EMBED)

@@ -4,77 +4,28 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bundle_cli import REPO, TINY, epoch_metric, missing_metadata, ok, run_bundle
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLE = REPO / "bundles" / "mae"
-CONFIGS = BUNDLE / "configs"
-REQUIRED_META = [
-    "version",
-    "changelog",
-    "monai_version",
-    "pytorch_version",
-    "numpy_version",
-    "required_packages_version",
-    "task",
-    "description",
-    "authors",
-    "copyright",
-    "network_data_format",
-]
-TINY = [
-    "--hidden_size",
-    "48",
-    "--mlp_dim",
-    "96",
-    "--num_layers",
-    "2",
-    "--num_heads",
-    "4",
-    "--decoder_hidden_size",
-    "48",
-    "--decoder_mlp_dim",
-    "96",
-    "--decoder_num_layers",
-    "1",
-    "--decoder_num_heads",
-    "4",
-]
+CONFIGS = REPO / "bundles" / "mae" / "configs"
 
 
-def bundle(*args: str, configs: tuple[str, ...] = ("train.json",), cwd: Path = BUNDLE) -> subprocess.CompletedProcess:
-    files = [str(CONFIGS / c) for c in configs]
-    config_arg = files[0] if len(files) == 1 else str(files)
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        *args,
-        "--config_file",
-        config_arg,
-        "--meta_file",
-        str(CONFIGS / "metadata.json"),
-        "--logging_file",
-        str(CONFIGS / "logging.conf"),
-    ]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+def bundle(*args: str, configs: tuple[str, ...] = ("train.json",)):
+    return run_bundle("mae", *args, configs=configs)
 
 
-def ok(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc.stdout + proc.stderr
+def epoch_losses(log: str) -> list[float]:
+    return epoch_metric(log, "train_loss")
 
 
 def test_metadata_has_required_fields():
+    assert not missing_metadata("mae")
     meta = json.loads((CONFIGS / "metadata.json").read_text())
-    assert not [k for k in REQUIRED_META if k not in meta]
     assert meta["version"] in meta["changelog"]
     fmt = meta["network_data_format"]
     assert fmt["inputs"]["image"]["num_channels"] == 1 and fmt["outputs"]["pred"]["num_channels"] == 2
@@ -110,10 +61,6 @@ def trained(tmp_path_factory) -> tuple[Path, str]:
         )
     )
     return root, log
-
-
-def epoch_losses(log: str) -> list[float]:
-    return [float(v) for v in re.findall(r"Epoch\[\d+\] Metrics -- train_loss: ([0-9.]+)", log)]
 
 
 def test_training_lowers_loss_and_writes_outputs(trained):

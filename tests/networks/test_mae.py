@@ -36,7 +36,7 @@ def test_shapes(spatial_dims, patch):
     assert net.unpatchify(pred).shape == x.shape
     out = net(x)
     assert out.shape == (2, 3, *x.shape[2:])
-    recon, pixel_mask = split_mae_output(out)
+    recon, pixel_mask = split_mae_output(out, 2)
     assert set(pixel_mask.unique().tolist()) == {0.0, 1.0}
     assert pixel_mask.mean().item() == pytest.approx(0.5)
 
@@ -51,7 +51,7 @@ def test_external_mask_and_scores(spatial_dims):
     mask[1, -3:] = 1
     pred, used = net.forward_patches(x, mask=mask)
     assert torch.equal(used, mask)
-    assert torch.equal(image_mask_to_patches(split_mae_output(net(x, mask=mask))[1], 4), mask)
+    assert torch.equal(image_mask_to_patches(split_mae_output(net(x, mask=mask), 2)[1], 4), mask)
     scores = torch.zeros(2, n)
     scores[:, 1] = 1
     _, used = net.forward_patches(x, scores=scores)

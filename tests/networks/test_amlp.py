@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskseg_monai.losses import AMLPLoss
+from maskseg_monai.masking import image_mask_to_patches, patchify
+from maskseg_monai.networks import AMLPMaskedAutoencoder
+
+TINY = dict(
+    hidden_size=48,
+    mlp_dim=96,
+    num_layers=1,
+    num_heads=4,
+    decoder_hidden_size=48,
+    decoder_mlp_dim=96,
+    decoder_num_layers=1,
+    decoder_num_heads=4,
+)
+
+
+def lesion_scenes(spatial_dims: int, b: int = 4, size: int = 32, patch: int = 4, seed: int = 0):
+    """Dark noisy background with a few bright 'lesion' patches; returns images and the true lesion patch mask."""
+    g = torch.Generator().manual_seed(seed)
+    grid = (size // patch,) * spatial_dims
+    n = grid[0] ** spatial_dims
+    lesion = torch.zeros(b, n)
+    for i in range(b):
+        lesion[i, torch.randperm(n, generator=g)[: n // 10]] = 1  # 10% lesion patches
+    img = 0.1 + 0.05 * torch.rand(b, 1, *(size,) * spatial_dims, generator=g)
+    from maskseg_monai.masking import patch_mask_to_image
+
+    img = img + 0.8 * patch_mask_to_image(lesion, patch, (size,) * spatial_dims)
+    return img, lesion
+
+
+def make(spatial_dims: int, **kw) -> AMLPMaskedAutoencoder:
+    args = dict(in_channels=1, img_size=32, patch_size=4, spatial_dims=spatial_dims, mask_ratio=0.25, **TINY)
+    return AMLPMaskedAutoencoder(**{**args, **kw})
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("features", ["tokens", "pixels"])
+def test_mps_masks_lesion_patches_far_above_chance(spatial_dims, features):
+    img, lesion = lesion_scenes(spatial_dims)
+    net = make(spatial_dims, mps_features=features, mps_warmup=10**6).train()
+    out = net(img)
+    mask = image_mask_to_patches(out[:, 1:2], 4)
+    category = image_mask_to_patches(out[:, 3:4], 4)
+    chance = lesion.mean().item()
+    hit = ((mask * lesion).sum() / mask.sum()).item()  # fraction of masked patches that are lesions
+    assert hit > 3 * chance, (hit, chance)
+    # all lesion patches are masked first (ratio 0.25 > 10% lesions), and the category found them
+    assert torch.equal(mask * lesion, lesion)
+    assert ((category == lesion).float().mean() > 0.95).item()
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_without_mps_masking_is_random(spatial_dims):
+    img, lesion = lesion_scenes(spatial_dims, b=8)
+    net = make(spatial_dims, use_mps=False)
+    mask = image_mask_to_patches(net(img)[:, 1:2], 4)
+    hit = ((mask * lesion).sum() / mask.sum()).item()
+    assert hit < 2 * lesion.mean().item()
+
+
+def test_lesion_cluster_follows_head_after_warmup():
+    img, lesion = lesion_scenes(2)
+    net = make(2, mps_warmup=0)
+    head = net.ccl_head[-1]
+    with torch.no_grad():  # a head that calls every patch 'background-like lesion': pick the large cluster
+        for p in net.ccl_head.parameters():
+            p.zero_()
+    tokens = net.patch_tokens(img)
+    logits = -10 * lesion + 10 * (1 - lesion)  # head says background patches are lesions
+    _, category = net.select_patches(img, tokens, logits)
+    assert torch.equal(category, 1 - lesion)
+    net.mps_warmup = 10**6  # before warm-up ends: the smallest cluster
+    _, category = net.select_patches(img, tokens, logits)
+    assert torch.equal(category, lesion)
+    assert head is not None
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_forward_backward_bf16_and_all_params_get_gradients(spatial_dims):
+    img, _ = lesion_scenes(spatial_dims, b=2)
+    net = make(spatial_dims)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(img)
+        loss = AMLPLoss(4)(out, img)
+    assert out.shape == (2, 4, *img.shape[2:]) and torch.isfinite(loss)
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    assert net.mps_step.item() == 1
+
+
+def test_ill_args():
+    with pytest.raises(ValueError, match="mps_clusters"):
+        make(2, mps_clusters=1)
+    with pytest.raises(ValueError, match="mps_prob"):
+        make(2, mps_prob=1.5)
+    with pytest.raises(ValueError, match="tokens"):
+        make(2, mps_features="sift")
+
+
+def test_explicit_mask_bypasses_mps():
+    img, lesion = lesion_scenes(2, b=2)
+    net = make(2)
+    mask = torch.zeros(2, 64)
+    mask[:, :16] = 1
+    out = net(img, mask=mask)
+    assert torch.equal(image_mask_to_patches(out[:, 1:2], 4), mask)
+    assert out[:, 3].eq(0).all()
+    assert patchify(out[:, 2:3], 4).std(-1).max() < 1e-6  # logit map is constant within patches
