@@ -29,30 +29,46 @@ Outputs in ``--output_dir``: ``results.csv``, ``results.md`` (the command, the s
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
-import gc
-import json
 import math
-import re
-import shlex
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.data import MetaTensor
-from monai.transforms import Compose
+from monai.bundle import ConfigParser
 from monai.utils import ensure_tuple_rep
 
-import maskseg_monai
-from maskseg_monai.inferers import SeededMaskInferer
+from maskseg_monai.experiments import (
+    BASELINE_METRICS,
+    COMMON_RESERVED_KEYS,
+    DEFAULT_DEMO_SET,
+    DEFAULT_SMALL_AREA,
+    GLOBAL_METRICS,
+    REGION_METRICS,
+    Cell,
+    ValidationSet,
+    add_common_arguments,
+    bundle_config_file,
+    check_run_inputs,
+    command_line,
+    evaluate_cell,
+    load_validation,
+    markdown_table,
+    parse_cli_overrides,
+    prepare_data,
+    probe_cells,
+    read_bundle,
+    run_cells,
+    run_overrides,
+    run_settings,
+    train_cell,
+    write_csv,
+    write_markdown,
+)
+from maskseg_monai.experiments import parse_override as _parse_override
 from maskseg_monai.masking import grid_size, num_masked_patches
-from maskseg_monai.metrics import reconstruct_image, reconstruction_metrics, region_psnr, small_object_mask
 from maskseg_monai.utils import atomic_write
 
 __all__ = [
@@ -71,38 +87,22 @@ __all__ = [
     "run_sweep",
     "write_csv",
     "markdown_table",
-    "write_markdown",
     "plot_heatmap",
     "main",
 ]
 
 DEFAULT_PATCH_SIZES: tuple[int, ...] = (4, 8, 16)
 DEFAULT_MASK_RATIOS: tuple[float, ...] = (0.25, 0.5, 0.75)
-DEFAULT_DEMO_SET = "bloodsmear2d"
 DEFAULT_OUTPUT_DIR = "sweeps/mae"
-#: small-object threshold in pixels (2D) / voxels (3D): the area of an 8x8 patch / volume of an 8x8x8 patch
-DEFAULT_SMALL_AREA: dict[int, int] = {2: 64, 3: 512}
 #: heat-map panels, in order
 HEATMAP_METRICS: tuple[str, ...] = ("psnr_masked", "ssim_masked", "psnr_masked_small", "psnr_all")
 #: bundle keys the sweep sets itself; each has its own command-line option
 RESERVED_KEYS: dict[str, str] = {
     "patch_size": "--patch_sizes",
     "mask_ratio": "--mask_ratios",
-    "epochs": "--epochs",
     "seed": "--seed",
-    "demo_set": "--demo_set",
-    "datalist": "--datalist",
-    "bundle_root": "--output_dir",
+    **COMMON_RESERVED_KEYS,
 }
-_GLOBAL_METRICS = ("psnr_masked", "ssim_masked", "psnr_all", "ssim_all")
-_REGION_METRICS = ("psnr_masked_small", "psnr_masked_rest")
-_BASELINE_METRICS = ("baseline_psnr_masked", "baseline_psnr_masked_small")
-#: bundle keys whose resolved values are recorded in results.md
-_REPORTED_KEYS = (
-    "img_size", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "loss_region", "norm_pix_loss",
-    "hidden_size", "mlp_dim", "num_layers", "num_heads",
-    "decoder_hidden_size", "decoder_mlp_dim", "decoder_num_layers", "decoder_num_heads",
-)
 _INFO_COLUMNS = ("patch_size", "mask_ratio", "epochs", "steps", "train_loss", "train_seconds")
 
 
@@ -113,23 +113,11 @@ def default_config_file() -> Path:
         FileNotFoundError: when the package is not run from a checkout holding ``bundles/mae`` (pass
             ``config_file`` / ``--config_file`` then).
     """
-    path = Path(maskseg_monai.__file__).resolve().parents[1] / "bundles" / "mae" / "configs" / "train.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the MAE bundle config {path} does not exist (the package is not imported from a source checkout); "
-            "pass --config_file path/to/bundles/mae/configs/train.json."
-        )
-    return path
+    return bundle_config_file("mae")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one ``key=value`` bundle override; the value is read as JSON, then as a Python literal, else a string.
-
-    Args:
-        text: e.g. ``"hidden_size=48"``, ``"amp=false"``, ``"train#dataloader#shuffle=False"``, ``"loss_region=all"``.
-
-    Returns:
-        ``(key, value)``.
+    """Parse one ``key=value`` bundle override (:func:`maskseg_monai.experiments.parse_override`).
 
     Raises:
         ValueError: without ``=``, with an empty key, or for a key the sweep sets itself (see ``RESERVED_KEYS``).
@@ -138,19 +126,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         >>> parse_override("hidden_size=48"), parse_override("amp=false"), parse_override("loss_region=all")
         (('hidden_size', 48), ('amp', False), ('loss_region', 'all'))
     """
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"--override expects key=value, got {text!r}.")
-    if key in RESERVED_KEYS:
-        raise ValueError(f"--override {key}=... is set by the sweep; use {RESERVED_KEYS[key]} instead.")
-    raw = raw.strip()
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            return key, parse(raw)
-        except (ValueError, SyntaxError):
-            continue
-    return key, raw
+    return _parse_override(text, RESERVED_KEYS, "the sweep")
 
 
 def check_grid(
@@ -199,258 +175,14 @@ def cell_overrides(
     datalist: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Bundle overrides of one cell: the cell's patch size and ratio, the shared schedule, seed and data.
-
-    Validation during training runs once, after the last epoch (``val_interval = epochs``), unless ``extra``
-    sets ``val_interval``.
-
-    Args:
-        patch_size: the cell's patch side.
-        mask_ratio: the cell's mask ratio.
-        epochs: training epochs.
-        seed: seed of ``set_determinism`` (weights, data order, training masks).
-        bundle_root: the cell's bundle root (checkpoints, logs).
-        dataset_dir: where demo sets are materialised, shared by the cells.
-        demo_set: demo set name; ignored when ``datalist`` is given.
-        datalist: a MONAI datalist JSON with ``"training"`` and ``"validation"`` lists.
-        extra: further ``key -> value`` overrides (``--override``).
+    """Bundle overrides of one cell: the cell's patch size and ratio, the shared schedule, seed and data
+    (:func:`maskseg_monai.experiments.run_overrides`).
 
     Returns:
         the overrides for :class:`monai.bundle.ConfigWorkflow`.
     """
-    over: dict[str, Any] = {"val_interval": epochs, **dict(extra or {})}
-    over.update(
-        patch_size=int(patch_size),
-        mask_ratio=float(mask_ratio),
-        epochs=int(epochs),
-        seed=int(seed),
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset_dir),
-    )
-    if datalist is not None:
-        over["datalist"] = str(Path(datalist).resolve())
-    elif demo_set is not None:
-        over["demo_set"] = demo_set
-    return over
-
-
-def train_cell(
-    config_file: str | Path, overrides: Mapping[str, Any], progress_bar: bool = False
-) -> tuple[ConfigWorkflow, dict[str, float]]:
-    """Train the bundle once, in-process: ``ConfigWorkflow(...).initialize(); run(); finalize()``.
-
-    Args:
-        config_file: the bundle's ``train.json``.
-        overrides: bundle overrides, e.g. from :func:`cell_overrides`.
-        progress_bar: keep the per-iteration progress bar (``*ProgressBarHandler`` entries of
-            ``train#handlers``). Defaults to False: the per-epoch log lines remain.
-
-    Returns:
-        the finished workflow (its parser holds the trained ``network``) and
-        ``{"steps", "train_loss", "train_seconds"}``.
-    """
-    workflow = ConfigWorkflow(config_file=str(config_file), workflow_type="train", **dict(overrides))
-    handlers = workflow.parser.get("train#handlers")
-    if not progress_bar and isinstance(handlers, list):
-        is_bar = lambda h: isinstance(h, dict) and str(h.get("_target_", "")).endswith("ProgressBarHandler")  # noqa: E731
-        workflow.parser["train#handlers"] = [h for h in handlers if not is_bar(h)]
-    start = time.perf_counter()
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    seconds = time.perf_counter() - start
-    state = workflow.parser.get_parsed_content("train#trainer").state
-    loss = state.metrics.get("train_loss", float("nan"))
-    return workflow, {"steps": int(state.iteration), "train_loss": float(loss), "train_seconds": seconds}
-
-
-def _plain(x: Any) -> torch.Tensor:
-    """A plain tensor (no MONAI metadata) of ``x``."""
-    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
-
-
-def _is_intensity_transform(transform: Callable) -> bool:
-    return type(transform).__module__.startswith("monai.transforms.intensity")
-
-
-def _class_names(datalist_file: str | Path, found: Sequence[int]) -> dict[int, str]:
-    """Class index -> column-safe name, from the datalist's ``"labels"`` (decathlon style) else ``class_<k>``."""
-    try:
-        labels = json.loads(Path(datalist_file).read_text()).get("labels", {})
-        names = {int(k): str(v) for k, v in labels.items()}
-    except (OSError, ValueError, AttributeError):
-        names = {}
-    names = {**{int(k): f"class_{int(k)}" for k in found}, **names}
-    return {k: re.sub(r"[^0-9a-z]+", "_", v.lower()).strip("_") or f"class_{k}" for k, v in sorted(names.items())}
-
-
-def load_validation(workflow: ConfigWorkflow) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, str]:
-    """Validation images and labels, preprocessed as the bundle's ``validate#preprocessing`` does.
-
-    Images go through ``validate#preprocessing`` itself. Labels go through the same pipeline without its
-    intensity transforms (``monai.transforms.intensity``), so that they receive the same loading, padding and
-    cropping.
-
-    Args:
-        workflow: a parsed :class:`ConfigWorkflow` of the bundle.
-
-    Returns:
-        images ``[C, *spatial]``, labels ``[1, *spatial]`` (``None`` when some validation item has no ``"label"``)
-        and the datalist path.
-
-    Raises:
-        ValueError: when a label stops being integer-valued (an interpolating transform in the pipeline) or
-            no longer matches its image's shape.
-    """
-    parser = workflow.parser
-    items = parser.get_parsed_content("validate#datalist")
-    preprocessing = parser.get_parsed_content("validate#preprocessing")
-    transforms = preprocessing.transforms if isinstance(preprocessing, Compose) else [preprocessing]
-    label_pipeline = Compose([t for t in transforms if not _is_intensity_transform(t)])
-    images = [_plain(preprocessing({"image": item["image"]})["image"]).float() for item in items]
-    if not items or any("label" not in item for item in items):
-        return images, None, parser.get_parsed_content("datalist")
-    labels = []
-    for item, image in zip(items, images):
-        label = _plain(label_pipeline({"image": item["label"]})["image"]).float()
-        if label.shape[1:] != image.shape[1:] or label.shape[0] != 1:
-            raise ValueError(
-                f"{item['label']}: preprocessed label {tuple(label.shape)} does not match its image "
-                f"{tuple(image.shape)}."
-            )
-        if not torch.equal(label, label.round()):
-            raise ValueError(
-                f"{item['label']}: the label is no longer integer-valued after validate#preprocessing; "
-                "the sweep needs label-safe spatial transforms (pad, crop, flip, nearest resampling)."
-            )
-        labels.append(label)
-    return images, labels, parser.get_parsed_content("datalist")
-
-
-@torch.no_grad()
-def evaluate_cell(
-    network: torch.nn.Module,
-    images: Sequence[torch.Tensor],
-    labels: Sequence[torch.Tensor] | None,
-    class_names: Mapping[int, str],
-    seed: int,
-    small_area: int,
-    norm_pix_loss: bool = False,
-    batch_size: int = 8,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """Reconstruction quality of one trained network on fixed masks, overall, by object size and by class.
-
-    Masks come from :class:`~maskseg_monai.inferers.SeededMaskInferer` ``(seed)`` at the network's own
-    ``mask_ratio``: the i-th image gets the same mask in every evaluation of the same patch grid.
-
-    Args:
-        network: a trained :class:`~maskseg_monai.networks.MaskedAutoencoderViT`.
-        images: validation images ``[C, *spatial]`` in [0, 1].
-        labels: their label maps ``[1, *spatial]`` (integers, 0 = background), or ``None``: the region and class
-            metrics are then NaN.
-        class_names: class index -> name; one ``psnr_masked_<name>`` per entry.
-        seed: mask seed.
-        small_area: components (per class) with fewer pixels are small objects.
-        norm_pix_loss: whether the network predicts per-patch normalised pixels.
-        batch_size: images per forward pass.
-        device: where to run.
-
-    Returns:
-        ``{"psnr_masked", "ssim_masked", "psnr_all", "ssim_all", "psnr_masked_small", "psnr_masked_rest",
-        "baseline_psnr_masked", "baseline_psnr_masked_small", "psnr_masked_<class>"...}``, each the mean over
-        images (region PSNRs: over images where the region has masked pixels; NaN when none has). The
-        ``baseline_*`` values score a model that learned nothing: every masked pixel predicted as the mean of
-        the image's visible pixels, on the same masks; a trained network should beat them.
-
-    Raises:
-        ValueError: when ``images`` is empty or ``labels`` does not pair with it.
-    """
-    if len(images) == 0:
-        raise ValueError("the validation split is empty.")
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(f"got {len(labels)} labels for {len(images)} images.")
-    network.eval()
-    inferer = SeededMaskInferer(seed)
-    per_image: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(images), batch_size):
-        x = torch.stack([torch.as_tensor(i) for i in images[start : start + batch_size]]).float().to(device)
-        recon, _, pixel_mask = reconstruct_image(inferer(x, network), x, network.patch_size, norm_pix_loss)
-        values = reconstruction_metrics(recon, x, pixel_mask)
-        # no-learning reference: each channel's mean over the visible pixels, everywhere
-        visible, dims = 1 - pixel_mask, tuple(range(2, x.ndim))
-        baseline = ((x * visible).sum(dims, keepdim=True) / visible.sum(dims, keepdim=True).clamp_min(1)).expand_as(x)
-        values["baseline_psnr_masked"] = region_psnr(baseline, x, pixel_mask)
-        if labels is not None:
-            y = torch.stack([torch.as_tensor(i) for i in labels[start : start + batch_size]]).float().to(device)
-            small = small_object_mask(y, small_area)
-            values["psnr_masked_small"] = region_psnr(recon, x, pixel_mask * small)
-            values["psnr_masked_rest"] = region_psnr(recon, x, pixel_mask * (1 - small))
-            values["baseline_psnr_masked_small"] = region_psnr(baseline, x, pixel_mask * small)
-            for k, name in class_names.items():
-                values[f"psnr_masked_{name}"] = region_psnr(recon, x, pixel_mask * (y == k))
-        for key, v in values.items():
-            per_image.setdefault(key, []).append(v.float().cpu())
-    result = {key: float(torch.cat(v).nanmean()) for key, v in per_image.items()}
-    for key in (*_REGION_METRICS, *_BASELINE_METRICS, *(f"psnr_masked_{n}" for n in class_names.values())):
-        result.setdefault(key, float("nan"))
-    return result
-
-
-def _fmt(value: Any, column: str) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if column == "mask_ratio":
-            return f"{value:g}"
-        if column.startswith("ssim") or column == "train_loss":
-            return f"{value:.4f}"
-        return f"{value:.2f}"
-    return str(value)
-
-
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> str:
-    """Write one row per cell to ``path`` (atomically); columns are the keys of the first row.
-
-    Returns:
-        the path written.
-    """
-    columns = list(rows[0])
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
-
-    return atomic_write(path, _write)
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A markdown table of the rows (PSNR in dB with 2 decimals, SSIM and loss with 4)."""
-    columns = list(columns or rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, float("nan")), c) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_markdown(
-    rows: Sequence[Mapping[str, Any]], path: str | Path, command: str, settings: Mapping[str, Any]
-) -> str:
-    """Write ``results.md``: the exact command, the settings and the table, atomically.
-
-    Returns:
-        the path written.
-    """
-    text = (
-        "# MAE patch size x mask ratio sweep\n\n"
-        f"```bash\n{command}\n```\n\n"
-        + "\n".join(f"- {k}: {v}" for k, v in settings.items())
-        + "\n\n"
-        + markdown_table(rows)
-        + "\n"
-    )
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    cell = {"patch_size": int(patch_size), "mask_ratio": float(mask_ratio)}
+    return run_overrides(epochs, seed, bundle_root, dataset_dir, demo_set, datalist, extra, cell=cell)
 
 
 def plot_heatmap(
@@ -558,97 +290,49 @@ def run_sweep(
         FileNotFoundError: when ``config_file`` or ``datalist`` does not exist.
     """
     config_file = Path(config_file) if config_file is not None else default_config_file()
-    if not config_file.is_file():
-        raise FileNotFoundError(f"--config_file {config_file} does not exist.")
-    if datalist is not None and not Path(datalist).is_file():
-        raise FileNotFoundError(f"--datalist {datalist} does not exist.")
-    if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}.")
     extra = dict(overrides or {})
-    reserved = sorted(set(extra) & set(RESERVED_KEYS))
-    if reserved:
-        raise ValueError(f"overrides {reserved} are set by the sweep; use {[RESERVED_KEYS[k] for k in reserved]}.")
+    check_run_inputs(config_file, datalist, epochs, extra, RESERVED_KEYS, "the sweep")
     output_dir = Path(output_dir).resolve()
 
     # validate the whole grid, and build each cell's network, before any training
-    base = ConfigParser()
-    base.read_config(str(config_file))
-    base.update(extra)
+    base = read_bundle(config_file, extra)
     spatial_dims, img_size = int(base.get_parsed_content("spatial_dims")), base.get_parsed_content("img_size")
     check_grid(patch_sizes, mask_ratios, img_size, spatial_dims)
     small_area = DEFAULT_SMALL_AREA.get(spatial_dims, 64) if small_area is None else int(small_area)
     if small_area < 1:
         raise ValueError(f"--small_area must be at least 1, got {small_area}.")
-    cells = [(int(p), float(r)) for r in mask_ratios for p in patch_sizes]
-    for p, r in cells:
-        probe = ConfigParser()
-        probe.read_config(str(config_file))
-        probe.update({**extra, "patch_size": p, "mask_ratio": r})
-        try:
-            probe.get_parsed_content("network_def", instantiate=True)
-        except Exception as err:  # report the cell, keep the bundle's message
-            raise ValueError(f"cell patch {p}, mask ratio {r}: the bundle cannot build its network: {err}") from err
+    cells = []
+    for r in (float(r) for r in mask_ratios):
+        for p in (int(p) for p in patch_sizes):
+            root = output_dir / "cells" / f"patch{p}_ratio{r:g}"
+            over = cell_overrides(p, r, epochs, seed, root, output_dir / "demo_data", demo_set, datalist, extra)
+            info = {"patch_size": p, "mask_ratio": r, "epochs": epochs}
+            cells.append(Cell(f"patch {p}, mask ratio {r:g}", info, over))
+    probe_cells(config_file, cells)
+    prepare_data(output_dir / "demo_data", demo_set, datalist)
 
-    if datalist is None:  # materialise the demo set once, outside the timed training of the first cell
-        from maskseg_monai.data import ensure_demo_datalist
-
-        ensure_demo_datalist(output_dir / "demo_data", demo_set)
-
-    rows: list[dict[str, Any]] = []
-    images = labels = class_names = None
-    for i, (p, r) in enumerate(cells, 1):
-        over = cell_overrides(
-            p, r, epochs, seed, output_dir / "cells" / f"patch{p}_ratio{r:g}", output_dir / "demo_data",
-            demo_set=demo_set, datalist=datalist, extra=extra,
-        )
-        log(f"[{i}/{len(cells)}] patch {p}, mask ratio {r:g}: training {epochs} epoch(s) ...")
-        workflow, info = train_cell(config_file, over, progress_bar=progress_bar)
-        if images is None:  # the same preprocessed validation set for every cell
-            images, labels, datalist_file = load_validation(workflow)
-            found = sorted({int(v) for y in labels for v in torch.unique(y).tolist()}) if labels is not None else []
-            class_names = _class_names(datalist_file, found) if labels is not None else {}
-            if labels is None:
-                log("  the validation items have no 'label': object-size and class metrics are NaN.")
-        parser = workflow.parser
-        network = parser.get_parsed_content("network")
-        device = parser.get_parsed_content("device")
-        ckpt = Path(parser.get_parsed_content("ckpt_dir")) / "model_final.pt"
-        network.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True)["model"])
+    def evaluate(network: torch.nn.Module, parser: ConfigParser, validation: ValidationSet) -> dict[str, float]:
         metrics = evaluate_cell(
-            network, images, labels, class_names, seed, small_area,
+            network, validation.images, validation.labels, validation.class_names, seed, small_area,
             norm_pix_loss=bool(parser.get_parsed_content("norm_pix_loss")),
-            batch_size=int(parser.get_parsed_content("batch_size")), device=device,
-        )
-        first = (*_GLOBAL_METRICS, *_REGION_METRICS, *_BASELINE_METRICS)
-        rows.append(
-            {"patch_size": p, "mask_ratio": r, "epochs": epochs, **info}
-            | {k: metrics[k] for k in first}
-            | {k: v for k, v in metrics.items() if k not in first}
-        )
-        log(
-            f"[{i}/{len(cells)}] patch {p}, mask ratio {r:g}: {info['steps']} steps in {info['train_seconds']:.0f} s, "
-            f"loss {info['train_loss']:.4f}, masked PSNR {metrics['psnr_masked']:.2f} dB, "
-            f"small-object masked PSNR {metrics['psnr_masked_small']:.2f} dB, masked SSIM {metrics['ssim_masked']:.4f}"
-        )
-        del workflow, network, parser
-        gc.collect()
+            batch_size=int(parser.get_parsed_content("batch_size")), device=parser.get_parsed_content("device"),
+        )  # fmt: skip
+        first = (*GLOBAL_METRICS, *REGION_METRICS, *BASELINE_METRICS)
+        return {k: metrics[k] for k in first} | {k: v for k, v in metrics.items() if k not in first}
 
-    settings = {
-        "config": f"`{config_file}`",
-        "data": f"datalist `{datalist}`" if datalist is not None else f"demo set `{demo_set}`",
-        "validation images": len(images or []),
-        "epochs per cell": epochs,
-        "seed (training and evaluation masks)": seed,
-        "small objects": f"connected components (per class) of fewer than {small_area} "
-        f"{'pixels' if spatial_dims == 2 else 'voxels'}",
-        "checkpoint evaluated": "`models/model_final.pt`",
-        "overrides": ", ".join(f"`{k}={v}`" for k, v in extra.items()) or "none",
-        "bundle settings used": ", ".join(f"`{k}={base.get(k)}`" for k in _REPORTED_KEYS if k in base),
-        "torch threads": torch.get_num_threads(),
-    }
+    rows, validation = run_cells(
+        config_file, cells, evaluate, progress_bar=progress_bar, log=log,
+        log_metrics=("psnr_masked", "psnr_masked_small", "ssim_masked"),
+    )  # fmt: skip
+
+    small = f"connected components (per class) of fewer than {small_area} {'pixels' if spatial_dims == 2 else 'voxels'}"
+    specific = {"epochs per cell": epochs, "seed (training and evaluation masks)": seed, "small objects": small}
+    settings = run_settings(config_file, base, demo_set, datalist, validation, extra, specific)
     command = command or "maskseg_monai.sweep.run_sweep(...)"
     write_csv(rows, output_dir / "results.csv")
-    write_markdown(rows, output_dir / "results.md", command, settings)
+    write_markdown(
+        output_dir / "results.md", "MAE patch size x mask ratio sweep", command, settings, [markdown_table(rows)]
+    )
     title = f"MAE sweep, {epochs} epoch{'s' * (epochs > 1)} per cell, {settings['data']}".replace("`", "")
     plot_heatmap(rows, output_dir / "heatmap.png", title=title)
     return rows
@@ -662,32 +346,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--patch_sizes", type=int, nargs="+", default=list(DEFAULT_PATCH_SIZES))
     ap.add_argument("--mask_ratios", type=float, nargs="+", default=list(DEFAULT_MASK_RATIOS))
-    ap.add_argument("--epochs", type=int, default=20, help="training epochs of every cell (default 20)")
-    ap.add_argument("--demo_set", default=DEFAULT_DEMO_SET, help=f"built-in demo set (default {DEFAULT_DEMO_SET})")
-    ap.add_argument("--datalist", default=None, help="a MONAI datalist JSON to use instead of a demo set")
     ap.add_argument("--seed", type=int, default=0, help="training seed and evaluation mask seed (default 0)")
-    ap.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default {DEFAULT_OUTPUT_DIR}")
-    ap.add_argument("--config_file", default=None, help="the MAE bundle's train.json (default: the repository's)")
     ap.add_argument(
         "--small_area", type=int, default=None,
         help="objects with fewer pixels (voxels) are small (default 64 in 2D, 512 in 3D)",
-    )
-    ap.add_argument("--progress_bar", action="store_true", help="keep the bundle's per-iteration progress bars")
-    ap.add_argument(
-        "--override", action="append", default=[], metavar="KEY=VALUE",
-        help="bundle override for every cell, repeatable (e.g. --override hidden_size=96)",
-    )
+    )  # fmt: skip
+    add_common_arguments(ap, DEFAULT_OUTPUT_DIR, "mae")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Command-line entry point: ``python -m maskseg_monai.sweep [options]`` (see ``--help``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    try:
-        overrides = dict(parse_override(o) for o in args.override)
-    except ValueError as err:
-        _parser().error(str(err))
+    ap = _parser()
+    args = ap.parse_args(argv)
+    overrides = parse_cli_overrides(ap, args.override, RESERVED_KEYS, "the sweep")
     rows = run_sweep(
         patch_sizes=args.patch_sizes,
         mask_ratios=args.mask_ratios,
@@ -699,10 +372,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         config_file=args.config_file,
         overrides=overrides,
         small_area=args.small_area,
-        command=shlex.join(["python", "-m", "maskseg_monai.sweep", *argv]),
+        command=command_line("maskseg_monai.sweep", argv),
         progress_bar=args.progress_bar,
     )
-    columns = [*_INFO_COLUMNS[:2], *_GLOBAL_METRICS, *_REGION_METRICS, *_BASELINE_METRICS]
+    columns = [*_INFO_COLUMNS[:2], *GLOBAL_METRICS, *REGION_METRICS, *BASELINE_METRICS]
     print(markdown_table(rows, columns))
     print(f"results in {Path(args.output_dir).resolve()}")
     return rows

@@ -77,7 +77,14 @@ def test_training_lowers_loss_and_writes_outputs(trained):
     assert {"model", "optimizer", "lr_scheduler"} <= set(final)
     enc = torch.load(models / "encoder.pt", weights_only=True)
     assert enc["config"]["patch_size"] == [8, 8] and "blocks.0.attn.qkv.weight" in enc["state_dict"]
-    assert list((root / "runs").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: dict[str, int] = {}
+    for events in (root / "runs").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags.update({t: len(acc.Scalars(t)) for t in acc.Tags()["scalars"]})
+    assert tags.get("train_loss", 0) >= 6 * 6 and tags.get("val_psnr_masked", 0) == 2, tags
     assert (root / "demo_data" / "nuclei2d").is_dir()
 
 
