@@ -267,7 +267,7 @@ def mps_hit_rates(
     for name, t in tensors.items():
         if t.ndim != 2 or t.shape != patch_mask.shape:
             raise ValueError(f"{name} must be [B, L] like patch_mask {tuple(patch_mask.shape)}, got {tuple(t.shape)}.")
-    mask, lesion = (patch_mask > 0).float(), (lesion_patches > 0).float()
+    mask, lesion = (patch_mask > 0).double(), (lesion_patches > 0).double()
 
     def ratio(num: torch.Tensor, den: torch.Tensor) -> float:
         return float(num / den) if float(den) > 0 else float("nan")
@@ -275,7 +275,7 @@ def mps_hit_rates(
     rates = {"mps_hit_rate": ratio((mask * lesion).sum(), mask.sum()), "chance_hit_rate": float(lesion.mean())}
     if category is None:
         return rates | {"category_precision": float("nan"), "category_recall": float("nan")}
-    cat = (category > 0).float()
+    cat = (category > 0).double()
     hits = (cat * lesion).sum()
     return rates | {"category_precision": ratio(hits, cat.sum()), "category_recall": ratio(hits, lesion.sum())}
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,11 +51,10 @@ from maskseg_monai.experiments import (
     add_common_arguments,
     bundle_config_file,
     check_run_inputs,
-    command_line,
     evaluate_cell,
     load_validation,
     markdown_table,
-    parse_cli_overrides,
+    parse_command,
     prepare_data,
     probe_cells,
     read_bundle,
@@ -164,25 +162,19 @@ def check_grid(
                 raise ValueError(f"cell patch {p}, mask ratio {r} ({n_patches} patches): {err}") from None
 
 
-def cell_overrides(
-    patch_size: int,
-    mask_ratio: float,
-    epochs: int,
-    seed: int,
-    bundle_root: str | Path,
-    dataset_dir: str | Path,
-    demo_set: str | None = None,
-    datalist: str | Path | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Bundle overrides of one cell: the cell's patch size and ratio, the shared schedule, seed and data
-    (:func:`maskseg_monai.experiments.run_overrides`).
+def cell_overrides(patch_size: int, mask_ratio: float, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Bundle overrides of one cell: the cell's patch size and ratio, the shared schedule, seed and data.
+
+    Args:
+        patch_size: the cell's patch side.
+        mask_ratio: the cell's mask ratio.
+        args, kwargs: ``epochs, seed, bundle_root, dataset_dir, demo_set=None, datalist=None, extra=None`` as in
+            :func:`maskseg_monai.experiments.run_overrides`.
 
     Returns:
         the overrides for :class:`monai.bundle.ConfigWorkflow`.
     """
-    cell = {"patch_size": int(patch_size), "mask_ratio": float(mask_ratio)}
-    return run_overrides(epochs, seed, bundle_root, dataset_dir, demo_set, datalist, extra, cell=cell)
+    return run_overrides(*args, **kwargs, cell={"patch_size": int(patch_size), "mask_ratio": float(mask_ratio)})
 
 
 def plot_heatmap(
@@ -357,24 +349,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Command-line entry point: ``python -m maskseg_monai.sweep [options]`` (see ``--help``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ap = _parser()
-    args = ap.parse_args(argv)
-    overrides = parse_cli_overrides(ap, args.override, RESERVED_KEYS, "the sweep")
-    rows = run_sweep(
-        patch_sizes=args.patch_sizes,
-        mask_ratios=args.mask_ratios,
-        epochs=args.epochs,
-        demo_set=args.demo_set,
-        datalist=args.datalist,
-        seed=args.seed,
-        output_dir=args.output_dir,
-        config_file=args.config_file,
-        overrides=overrides,
-        small_area=args.small_area,
-        command=command_line("maskseg_monai.sweep", argv),
-        progress_bar=args.progress_bar,
-    )
+    args, common = parse_command(_parser(), argv, "maskseg_monai.sweep", RESERVED_KEYS, "the sweep")
+    rows = run_sweep(args.patch_sizes, args.mask_ratios, seed=args.seed, small_area=args.small_area, **common)
     columns = [*_INFO_COLUMNS[:2], *GLOBAL_METRICS, *REGION_METRICS, *BASELINE_METRICS]
     print(markdown_table(rows, columns))
     print(f"results in {Path(args.output_dir).resolve()}")

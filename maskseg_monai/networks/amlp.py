@@ -14,6 +14,7 @@ from maskseg_monai.utils import as_bool
 __all__ = ["AMLPMaskedAutoencoder", "SUPPORTED_MPS_FEATURES"]
 
 SUPPORTED_MPS_FEATURES = ("tokens", "pixels")
+SUPPORTED_LESION_RULES = ("head", "smallest")
 
 
 class AMLPMaskedAutoencoder(MaskedAutoencoderViT):
@@ -46,6 +47,8 @@ class AMLPMaskedAutoencoder(MaskedAutoencoderViT):
         mps_warmup: training steps during which the smallest cluster is the lesion category. Defaults to 100.
         mps_prob: fraction of images masked by MPS (the rest at random). Defaults to 1.
         ccl_hidden: hidden width of the CCL head; 0 for a linear head. Defaults to 64.
+        mps_lesion_rule: ``"head"`` (the cluster the CCL head scores highest, after ``mps_warmup``) or
+            ``"smallest"`` (always the smallest cluster; use it when CCL is off and the head never trains).
 
     Example::
 
@@ -66,10 +69,12 @@ class AMLPMaskedAutoencoder(MaskedAutoencoderViT):
         mps_warmup: int = 100,
         mps_prob: float = 1.0,
         ccl_hidden: int = 64,
+        mps_lesion_rule: str = "head",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.mps_features = look_up_option(mps_features, SUPPORTED_MPS_FEATURES)
+        self.mps_lesion_rule = look_up_option(mps_lesion_rule, SUPPORTED_LESION_RULES)
         if mps_clusters < 2 or mps_clusters > self.num_patches:
             raise ValueError(
                 f"mps_clusters must be in [2, {self.num_patches}] (patches per image), got {mps_clusters}."
@@ -123,7 +128,12 @@ class AMLPMaskedAutoencoder(MaskedAutoencoderViT):
         mean_prob = (one_hot * lesion_logits.float().sigmoid()[..., None]).sum(1) / counts.clamp_min(1)
         by_head = torch.where(counts > 0, mean_prob, torch.full_like(mean_prob, -1.0)).argmax(1)
         smallest = torch.where(counts > 0, counts, torch.full_like(counts, float("inf"))).argmin(1)
-        lesion = torch.where(self.mps_step >= self.mps_warmup, by_head, smallest)
+        use_head = (
+            self.mps_step >= self.mps_warmup
+            if self.mps_lesion_rule == "head"
+            else torch.zeros_like(self.mps_step, dtype=torch.bool)
+        )
+        lesion = torch.where(use_head, by_head, smallest)
         category = (assign == lesion[:, None]).float()
         use = (torch.rand(x.shape[0], 1, device=x.device) < self.mps_prob).float()
         scores = category * use + torch.rand_like(category)

@@ -113,3 +113,13 @@ def test_explicit_mask_bypasses_mps():
     assert torch.equal(image_mask_to_patches(out[:, 1:2], 4), mask)
     assert out[:, 3].eq(0).all()
     assert patchify(out[:, 2:3], 4).std(-1).max() < 1e-6  # logit map is constant within patches
+
+
+def test_smallest_rule_ignores_the_head():
+    img, lesion = lesion_scenes(2)
+    net = make(2, mps_warmup=0, mps_lesion_rule="smallest")
+    logits = -10 * lesion + 10 * (1 - lesion)  # a head that disagrees; the rule must not use it
+    _, category = net.select_patches(img, net.patch_tokens(img), logits)
+    assert torch.equal(category, lesion)
+    with pytest.raises(ValueError, match="head"):
+        make(2, mps_lesion_rule="largest")
