@@ -36,6 +36,7 @@ from maskseg_monai.metrics import reconstruct_image, reconstruction_metrics, reg
 from maskseg_monai.utils import atomic_write
 
 __all__ = [
+    "load_pyplot",
     "DEFAULT_DEMO_SET",
     "DEFAULT_SMALL_AREA",
     "GLOBAL_METRICS",
@@ -119,6 +120,25 @@ class ValidationSet:
     labels: list[torch.Tensor] | None
     class_names: dict[int, str] = field(default_factory=dict)
     datalist_file: str = ""
+
+
+def load_pyplot(purpose: str) -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, imported only when a figure is drawn.
+
+    Args:
+        purpose: what the figure is, for the error message (e.g. ``"the sweep's heat-map"``).
+
+    Raises:
+        ImportError: without matplotlib.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - matplotlib is a plotting-only dependency
+        raise ImportError(f"{purpose} needs matplotlib: pip install matplotlib.") from err
+    return plt
 
 
 def bundle_config_file(bundle: str) -> Path:

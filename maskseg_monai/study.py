@@ -50,6 +50,7 @@ from maskseg_monai.experiments import (
     check_run_inputs,
     command_line,
     format_value,
+    load_pyplot,
     markdown_table,
     parse_override,
     prepare_data,
@@ -246,13 +247,7 @@ def plot_study(
     Raises:
         ImportError: without matplotlib.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - matplotlib is a plotting-only dependency
-        raise ImportError("the study's plot needs matplotlib: pip install matplotlib.") from err
+    plt = load_pyplot("the study's plot")
     arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
     labels = list(labels or metrics)
     width = 0.8 / max(len(arms), 1)

@@ -52,6 +52,7 @@ from maskseg_monai.experiments import (
     bundle_config_file,
     check_run_inputs,
     evaluate_cell,
+    load_pyplot,
     load_validation,
     markdown_table,
     parse_command,
@@ -194,13 +195,7 @@ def plot_heatmap(
     Raises:
         ImportError: without matplotlib.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - matplotlib is a plotting-only dependency
-        raise ImportError("the sweep's heat-map needs matplotlib: pip install matplotlib.") from err
+    plt = load_pyplot("the sweep's heat-map")
     patches = sorted({r["patch_size"] for r in rows})
     ratios = sorted({r["mask_ratio"] for r in rows})
     ncols = min(len(metrics), 2)
