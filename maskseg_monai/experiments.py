@@ -236,7 +236,8 @@ def run_overrides(
     """Bundle overrides of one cell: the cell's own keys, the shared schedule, seed and data.
 
     Validation during training runs once, after the last epoch (``val_interval = epochs``), unless ``extra``
-    sets ``val_interval``.
+    sets ``val_interval``. Cells train from scratch (``resume = False``): a checkpoint left in the cell's folder by
+    an earlier run is not resumed, so steps and times are measured over the whole training.
 
     Args:
         epochs: training epochs.
@@ -251,7 +252,7 @@ def run_overrides(
     Returns:
         the overrides for :class:`monai.bundle.ConfigWorkflow`.
     """
-    over: dict[str, Any] = {"val_interval": epochs, **dict(extra or {}), **dict(cell or {})}
+    over: dict[str, Any] = {"val_interval": epochs, "resume": False, **dict(extra or {}), **dict(cell or {})}
     over.update(epochs=int(epochs), seed=int(seed), bundle_root=str(bundle_root), dataset_dir=str(dataset_dir))
     if datalist is not None:
         over["datalist"] = str(Path(datalist).resolve())

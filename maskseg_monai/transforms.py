@@ -1,14 +1,29 @@
-"""Input checks that name the offending file, for the bundles' preprocessing."""
+"""Bundle transforms: input checks that name the offending file; superpixel pseudo-labels."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
+from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import LoadImaged, MapTransform
+from monai.utils import look_up_option
 
-__all__ = ["CheckImaged"]
+from maskseg_monai.utils import BadInputError
+
+__all__ = [
+    "BadInputError",
+    "CheckImaged",
+    "CheckLabeld",
+    "CheckedLoadImaged",
+    "SUPPORTED_SUPERPIXELS",
+    "SuperpixelLabeld",
+]
+
+SUPPORTED_SUPERPIXELS = ("felzenszwalb", "slic")
 
 
 class CheckImaged(MapTransform):
@@ -24,7 +39,7 @@ class CheckImaged(MapTransform):
         allow_missing_keys: do not fail on absent keys.
 
     Raises:
-        ValueError: ``"<file>: ..."`` describing the problem.
+        BadInputError: (a ``ValueError``) ``"<file>: ..."`` describing the problem.
     """
 
     def __init__(
@@ -44,16 +59,164 @@ class CheckImaged(MapTransform):
             name = meta.get("filename_or_obj", f"item '{key}'")
             shape = tuple(img.shape)
             if img.ndim != self.spatial_dims + 1:
-                raise ValueError(
+                raise BadInputError(
                     f"{name}: expected a {self.spatial_dims}D image ([C, {', '.join('HWD'[: self.spatial_dims])}]) "
                     f"after loading, got shape {shape} ({img.ndim - 1} spatial dims); "
                     f"set --spatial_dims to match the data."
                 )
             if self.channels is not None and shape[0] != self.channels:
-                raise ValueError(
+                raise BadInputError(
                     f"{name}: expected {self.channels} channel(s), got {shape[0]} (shape {shape}); "
                     "convert the images or set --in_channels."
                 )
             if not bool(torch.isfinite(torch.as_tensor(img)).all()):
-                raise ValueError(f"{name}: the image contains NaN or Inf values.")
+                raise BadInputError(f"{name}: the image contains NaN or Inf values.")
+        return d
+
+
+def _file_name(img: Any, key: Hashable) -> str:
+    return getattr(img, "meta", {}).get("filename_or_obj", f"item '{key}'")
+
+
+class CheckedLoadImaged(LoadImaged):
+    """``LoadImaged`` whose failures name the file: a missing file, a truncated or non-image file.
+
+    MONAI's readers raise errors that may not name the file (a truncated ``.nii.gz`` gives
+    ``EOFError: Compressed file ended before the end-of-stream marker was reached``); this loader re-raises them as
+    ``"<file>: cannot read the image (<reader error>)."``. Takes ``LoadImaged``'s arguments.
+
+    Raises:
+        BadInputError: (a ``ValueError``) for a missing or unreadable file.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        paths = [str(d[key]) for key in self.key_iterator(d)]
+        for key, path in zip(self.key_iterator(d), paths):
+            if isinstance(d[key], (str, os.PathLike)) and not os.path.exists(path):
+                raise BadInputError(f"{path}: no such file (datalist key '{key}').")
+        try:
+            return super().__call__(d, reader)
+        except Exception as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise BadInputError(f"{', '.join(paths)}: cannot read the image ({type(e).__name__}: {detail}).") from e
+
+
+class CheckLabeld(MapTransform):
+    """Fail early, naming the files, when a label map does not fit its image or the number of classes.
+
+    Place it after the image and the label are loaded (before any padding or cropping). It checks that the label's
+    spatial shape equals the image's and that every value is a class index ``0 .. num_classes - 1`` (a mask saved
+    as 0/255 fails here rather than deep inside the loss).
+
+    Args:
+        keys: keys of the label maps to check.
+        num_classes: number of classes (the network's ``out_channels``).
+        image_key: key of the image the labels belong to; ``None`` skips the shape check.
+        allow_missing_keys: do not fail on absent keys.
+
+    Raises:
+        BadInputError: (a ``ValueError``) ``"<file>: ..."`` describing the problem.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        num_classes: int,
+        image_key: str | None = "image",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
+        self.num_classes = int(num_classes)
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            name = _file_name(label, key)
+            if self.image_key is not None and self.image_key in d:
+                image = d[self.image_key]
+                if tuple(image.shape[1:]) != tuple(label.shape[1:]):
+                    raise BadInputError(
+                        f"{_file_name(image, self.image_key)}, {name}: image and label shapes differ "
+                        f"(spatial {tuple(image.shape[1:])} vs {tuple(label.shape[1:])})."
+                    )
+            values = torch.unique(torch.as_tensor(label).as_subclass(torch.Tensor)).double()
+            bad = values[(values < 0) | (values >= self.num_classes) | (values != torch.round(values))]
+            if bad.numel():
+                found = [int(v) if v == round(v) else v for v in values[:10].tolist()]
+                raise BadInputError(
+                    f"{name}: label values {found}{' ...' if values.numel() > 10 else ''} outside the class range "
+                    f"0..{self.num_classes - 1} (out_channels={self.num_classes}); map the labels to class indices."
+                )
+        return d
+
+
+class SuperpixelLabeld(MapTransform):
+    """Superpixel pseudo-labels of an image, for annotation-free one-shot episodes (Ouyang et al., ECCV 2020).
+
+    Writes ``label_key``: an int32 ``[1, *spatial]`` map with ids 1..N (one per superpixel), computed from the
+    channel mean of ``key``'s ``[C, *spatial]`` image with scikit-image. ``"felzenszwalb"`` (the paper's choice)
+    works on 2D images and on each slice of a 3D volume (ids stay unique across slices); ``"slic"`` segments 2D or
+    3D directly.
+
+    Args:
+        keys: the image key (one).
+        label_key: where to write the pseudo-label. Defaults to ``"label"``.
+        method: ``"felzenszwalb"`` or ``"slic"``. Defaults to ``"felzenszwalb"``.
+        scale: Felzenszwalb scale (larger: bigger regions). Defaults to 100.
+        sigma: Gaussian smoothing before segmenting. Defaults to 0.8.
+        min_size: Felzenszwalb minimum region size in pixels. Defaults to 20.
+        n_segments: SLIC number of segments. Defaults to 100.
+        compactness: SLIC compactness. Defaults to 0.1 (intensity images in [0, 1]).
+        slice_axis: the spatial axis of 3D slices for Felzenszwalb. Defaults to -1.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        method: str = "felzenszwalb",
+        scale: float = 100.0,
+        sigma: float = 0.8,
+        min_size: int = 20,
+        n_segments: int = 100,
+        compactness: float = 0.1,
+        slice_axis: int = -1,
+    ) -> None:
+        super().__init__(keys)
+        self.label_key = label_key
+        self.method = look_up_option(method, SUPPORTED_SUPERPIXELS)
+        self.scale, self.sigma, self.min_size = float(scale), float(sigma), int(min_size)
+        self.n_segments, self.compactness = int(n_segments), float(compactness)
+        self.slice_axis = slice_axis
+
+    def superpixels(self, image: np.ndarray) -> np.ndarray:
+        """Ids 1..N of the superpixels of a ``[*spatial]`` float image."""
+        from skimage.segmentation import felzenszwalb, slic
+
+        if self.method == "slic":
+            return slic(
+                image, self.n_segments, self.compactness, sigma=self.sigma, channel_axis=None, start_label=1
+            ).astype(np.int32)
+        if image.ndim == 2:
+            return felzenszwalb(image, self.scale, self.sigma, self.min_size).astype(np.int32) + 1
+        stack = np.moveaxis(image, self.slice_axis, 0)
+        out = np.zeros(stack.shape, np.int32)
+        offset = 0
+        for z, plane in enumerate(stack):  # Felzenszwalb is 2D only: one call per slice
+            seg = felzenszwalb(plane, self.scale, self.sigma, self.min_size).astype(np.int32)
+            out[z] = seg + offset + 1
+            offset += int(seg.max()) + 1
+        return np.moveaxis(out, 0, self.slice_axis)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            mean = torch.as_tensor(img, dtype=torch.float32).mean(0).cpu().numpy()
+            d[self.label_key] = torch.from_numpy(self.superpixels(mean)[None])
         return d

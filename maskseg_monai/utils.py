@@ -1,8 +1,9 @@
-"""Small shared helpers: atomic file writes."""
+"""Small shared helpers: atomic file writes, command-line flags, one clear error line for bad input."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write", "atomic_torch_save", "as_bool"]
+__all__ = ["BadInputError", "as_bool", "atomic_torch_save", "atomic_write", "error_summary", "install_error_hook"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> str:
@@ -67,3 +68,51 @@ def as_bool(value: Any, name: str = "value") -> bool:
             return word in _TRUE
         raise ValueError(f"{name} must be true or false, got {value!r}.")
     return bool(value)
+
+
+class BadInputError(ValueError):
+    """An input file (or datalist key) that cannot be used; the message is ``"<file>: <problem>"``."""
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from (``__cause__``, else ``__context__``), outermost first."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line naming the culprit of a (possibly wrapped) exception: ``"error: <file>: <problem>"``.
+
+    MONAI wraps errors raised in transforms and config components (``applying transform ...``, ``Failed to
+    instantiate component ...``), so the last line of a bundle's traceback says nothing about the input. This picks
+    the outermost :class:`BadInputError` of the chain, else the innermost exception (the root cause).
+    """
+    chain = _exception_chain(exc)
+    bad = [e for e in chain if isinstance(e, BadInputError)]
+    culprit = bad[0] if bad else chain[-1]
+    message = str(culprit).strip()
+    if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the worker's last line
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return f"error: {message}" if bad else f"error: {type(culprit).__name__}: {message}"
+
+
+def install_error_hook() -> None:
+    """Print :func:`error_summary` after the traceback of an uncaught exception (bundle ``initialize`` step).
+
+    The exit status stays non-zero (Python's for an uncaught exception). Calling it again does nothing.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_maskseg_error_hook", False):
+        return
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        previous(exc_type, exc, tb)
+        if isinstance(exc, Exception):
+            sys.stderr.write(error_summary(exc) + "\n")
+            sys.stderr.flush()
+
+    hook._maskseg_error_hook = True  # type: ignore[attr-defined]
+    sys.excepthook = hook

@@ -9,9 +9,11 @@ from maskseg_monai.data.demo import (
 )
 from maskseg_monai.data.manifest import ManifestError, VerificationError, load_manifest, prepare_dataset
 from maskseg_monai.data.synthetic import BLOOD_CLASSES, MIN_SCENE_SIZE, blood_smear_scene
+from maskseg_monai.data.validate import CheckedCacheDataset
 
 __all__ = [
     "BLOOD_CLASSES",
+    "CheckedCacheDataset",
     "DATALIST_NAME",
     "DEMO_SETS",
     "MIN_SCENE_SIZE",

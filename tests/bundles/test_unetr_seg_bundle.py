@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,35 @@ def test_inference_3d_nifti_keeps_affine(tmp_path):
     out = nib.load(tmp_path / "outputs" / "vol_seg.nii.gz")
     assert out.shape == (40, 36, 20)
     np.testing.assert_allclose(out.affine, affine, atol=1e-5)
+
+
+def test_inference_3d_dicom_series_writes_nifti_and_dicom_seg(tmp_path):
+    """A DICOM series folder in (pydicom's real CT5N), NIfTI with the series' geometry and a DICOM SEG out."""
+    import nibabel as nib
+    import pydicom
+    from monai.transforms import LoadImage
+
+    from maskseg_monai.data.demo import demo_dicom_series_dir
+    from maskseg_monai.networks import UNETR
+
+    net = UNETR(1, 2, 32, patch_size=8, spatial_dims=3, **TINY_SIZES)
+    state = net.state_dict()
+    state["out.conv.conv.bias"] = torch.tensor([0.0, 1e4])  # foreground everywhere: a SEG needs a segment
+    (tmp_path / "models").mkdir()
+    torch.save({"model": state}, tmp_path / "models" / "model.pt")
+    series = tmp_path / "inputs" / "CT5N"
+    shutil.copytree(demo_dicom_series_dir(), series)
+    ok(bundle("run", "inference", "--bundle_root", str(tmp_path), "--input_dir", str(tmp_path / "inputs"),
+              "--spatial_dims", "3", "--img_size", "32", "--dicom_seg", "true", *TINY,
+              configs=("train.json", "inference.json")))  # fmt: skip
+    reference = LoadImage(reader="ITKReader", image_only=True)(str(series))
+    out = nib.load(tmp_path / "outputs" / "CT5N_seg.nii.gz")
+    assert out.shape == tuple(reference.shape) == (16, 16, 5)
+    np.testing.assert_allclose(out.affine, reference.affine.numpy(), atol=1e-4)
+    seg = pydicom.dcmread(tmp_path / "outputs" / "CT5N_seg.dcm")
+    source = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert int(seg.NumberOfFrames) == 5 and seg.pixel_array.all()
 
 
 def test_two_process_ddp_with_pretrained_frozen_encoder(tmp_path):

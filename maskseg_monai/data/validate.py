@@ -1,0 +1,97 @@
+"""Checking a datalist while caching it: one clear error for a bad file, or skip bad files with a warning."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from monai.data import CacheDataset
+
+from maskseg_monai.utils import BadInputError, _exception_chain, as_bool, error_summary
+
+__all__ = ["CheckedCacheDataset"]
+
+logger = logging.getLogger("maskseg_monai.data")
+
+
+class _BadItem:
+    """Placeholder in the cache for an item whose deterministic transforms failed."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _item_files(item: Any) -> str:
+    """The file names of a datalist item, for messages: ``"a.png, a_label.png"``."""
+    if isinstance(item, dict):
+        return ", ".join(str(v) for v in item.values() if isinstance(v, (str, os.PathLike)))
+    return str(item)
+
+
+class CheckedCacheDataset(CacheDataset):
+    """``CacheDataset`` that names the bad file when an item fails its deterministic transforms, or skips it.
+
+    Every item goes through the deterministic transforms once, while the cache is filled, so the check costs no
+    extra loading. Items that fail (missing, truncated or non-image file, wrong shape or channel count, NaN pixels,
+    labels outside the class range: whatever the transforms check) either stop the run with one
+    :class:`~maskseg_monai.utils.BadInputError` naming the first bad file, or, with ``skip_bad_files``, are dropped
+    with a warning naming each file and a summary ``"skipped K of N <name> items"``.
+
+    Only cached items are checked: keep ``cache_rate=1.0`` and ``runtime_cache=False`` (the defaults).
+
+    Args:
+        data: the datalist.
+        transform: a ``Compose`` of deterministic then random transforms, as for ``CacheDataset``.
+        skip_bad_files: skip bad items instead of failing; ``"true"``/``"false"`` strings are accepted (bundle CLI).
+        name: what the items are, for messages (``"training"``, ``"validation"``).
+        kwargs: other ``CacheDataset`` arguments.
+
+    Raises:
+        BadInputError: on the first bad item without ``skip_bad_files``, or when every item is bad.
+    """
+
+    def __init__(
+        self,
+        data: Sequence,
+        transform: Sequence[Callable] | Callable | None = None,
+        skip_bad_files: bool | str = False,
+        name: str = "training",
+        **kwargs: Any,
+    ) -> None:
+        self.skip_bad_files = as_bool(skip_bad_files, "skip_bad_files")
+        self.name = name
+        self.skipped: list[str] = []
+        super().__init__(data, transform, **kwargs)
+
+    def _load_cache_item(self, idx: int) -> Any:
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as e:
+            message = error_summary(e).removeprefix("error: ")
+            if not any(isinstance(x, BadInputError) for x in _exception_chain(e)):
+                message = f"{_item_files(self.data[idx])}: {message}"
+            return _BadItem(message)
+
+    def set_data(self, data: Sequence) -> None:
+        super().set_data(data)
+        bad = [i for i, c in enumerate(self._cache) if isinstance(c, _BadItem)]
+        if not bad:
+            return
+        if not self.skip_bad_files:
+            raise BadInputError(
+                f"{self._cache[bad[0]].message} (bad {self.name} item {bad[0]} of {len(self.data)}; "
+                "--skip_bad_files true skips bad files)"
+            )
+        self.skipped = [self._cache[i].message for i in bad]
+        for message in self.skipped:
+            logger.warning(f"skipping {self.name} item: {message}")
+        n = len(self.data)
+        keep = [i for i in range(len(self._cache)) if i not in set(bad)]
+        if not keep:
+            raise BadInputError(f"all {n} {self.name} items are bad; the first: {self.skipped[0]}")
+        self.data = [self.data[i] for i in keep] + list(self.data[len(self._cache) :])
+        self._cache = [self._cache[i] for i in keep]
+        self.cache_num = len(self._cache)
+        logger.warning(f"skipped {len(bad)} of {n} {self.name} items (--skip_bad_files true)")
