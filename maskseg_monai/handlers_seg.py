@@ -1,4 +1,5 @@
-"""Ignite handlers of the segmentation bundle: encoder freezing for the first epochs, per-image evaluation CSV."""
+"""Ignite handlers of the segmentation bundles: encoder freezing for the first epochs, per-image evaluation CSV,
+per-episode and per-class evaluation of one-shot segmentation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 from monai.handlers import from_engine
+from monai.metrics import compute_dice
 
 from maskseg_monai.evaluation import (
     SIZE_THRESHOLDS,
@@ -23,7 +25,7 @@ from maskseg_monai.utils import atomic_write
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["FreezeEncoderHandler", "SegmentationMetricsSaver"]
+__all__ = ["FreezeEncoderHandler", "OneShotMetricsSaver", "SegmentationMetricsSaver"]
 
 logger = logging.getLogger("maskseg_monai.handlers")
 
@@ -165,3 +167,103 @@ class SegmentationMetricsSaver:
 
         atomic_write(os.path.join(self.save_dir, "metrics_summary.csv"), write_summary)
         logger.info(f"per-image metrics of {len(self.rows)} images written to {self.save_dir}")
+
+
+class OneShotMetricsSaver(SegmentationMetricsSaver):
+    """Per-episode and per-class metrics of one-shot segmentation over held-out classes.
+
+    Like :class:`SegmentationMetricsSaver` on the two-class (background, target) output of every episode, with the
+    episode's class (batch key ``class_key``) added to each row. On completion it writes
+    ``metrics_per_episode.csv`` (one row per episode), ``metrics_per_class.csv`` (NaN-ignoring means per class)
+    and ``metrics_summary.csv`` (the mean over classes of the per-class means, so that every class weighs the
+    same, with ``n_episodes``), all atomically; and puts ``mean_dice_over_classes`` into
+    ``engine.state.metrics``.
+
+    Args:
+        save_dir: output folder.
+        class_key: batch key of the episode's class. Defaults to ``"class"``.
+        baseline_key: batch key of the query's mask of every object (any class); when present, each row also gets
+            ``dice_all_objects_baseline``, the Dice a support-blind "segment every object" answer would score.
+        class_names: ``{value: name}`` for the rows of ``metrics_per_class.csv``; unnamed classes keep their value.
+        size_thresholds, iou_threshold, connectivity: as for :class:`SegmentationMetricsSaver`.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        class_key: str = "class",
+        baseline_key: str = "label_objects",
+        class_names: dict | None = None,
+        size_thresholds: Sequence[int] = SIZE_THRESHOLDS,
+        iou_threshold: float = 0.5,
+        connectivity: int = 1,
+    ) -> None:
+        super().__init__(
+            save_dir, size_thresholds=size_thresholds, iou_threshold=iou_threshold, connectivity=connectivity
+        )
+        self.class_key = class_key
+        self.baseline_key = baseline_key
+        self.class_names = {str(k): str(v) for k, v in (class_names or {}).items()}
+        self.classes: list[int] = []
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Forget the collected rows."""
+        super().reset(engine)
+        self.classes = []
+
+    def collect(self, engine: Engine) -> None:
+        """Evaluate the episodes of the current batch and record their classes."""
+        n = len(self.rows)
+        super().collect(engine)
+        batch = engine.state.batch
+        cls = batch[self.class_key] if isinstance(batch, dict) else [b[self.class_key] for b in batch]
+        self.classes += [int(c) for c in torch.as_tensor(cls).flatten().tolist()]
+        self.ids[n:] = [f"episode_{i:05d}" for i in range(n, len(self.rows))]
+        for row, c in zip(self.rows[n:], self.classes[n:]):
+            row["class"] = c
+        items = [batch] if isinstance(batch, dict) else list(batch)
+        if items and all(self.baseline_key in b for b in items):  # Dice of the class-agnostic all-objects mask
+            _, y = self.output_transform(engine.state.output)
+            objects = torch.cat([torch.as_tensor(b[self.baseline_key]).reshape(-1, *y[0].shape[1:]) for b in items])
+            objects = objects.reshape(len(y), 1, *y[0].shape[1:]).to(torch.float32)
+            target = torch.stack([torch.as_tensor(t)[1:2] for t in y]).to(objects.device, objects.dtype)
+            dice = compute_dice(objects, target, ignore_empty=False).flatten().tolist()
+            for row, d in zip(self.rows[n:], dice):
+                row["dice_all_objects_baseline"] = d
+
+    def per_class(self) -> dict[int, dict[str, float]]:
+        """NaN-ignoring mean metrics of each class, with ``n_episodes``."""
+        out = {}
+        for c in sorted(set(self.classes)):
+            rows = [{k: v for k, v in r.items() if k != "class"} for r in self.rows if r["class"] == c]
+            out[c] = {**summarize_metrics(rows), "n_episodes": len(rows)}
+        return out
+
+    def write(self, engine: Engine | None = None) -> None:
+        """Write the three CSV files (and the metric into ``engine.state.metrics``)."""
+        write_metrics_csv(self.rows, os.path.join(self.save_dir, "metrics_per_episode.csv"), self.ids)
+        per_class = self.per_class()
+        names = [self.class_names.get(str(c), str(c)) for c in per_class]
+        write_metrics_csv(list(per_class.values()), os.path.join(self.save_dir, "metrics_per_class.csv"), names)
+        means = summarize_metrics([{k: v for k, v in r.items() if k != "n_episodes"} for r in per_class.values()])
+        summary = {"mean_dice_over_classes": means.get("dice", float("nan")), "n_episodes": len(self.rows)}
+        summary.update({f"mean_{k}": v for k, v in means.items() if k != "dice"})
+
+        def write_summary(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.writelines(f"{k},{v}\n" for k, v in summary.items())
+
+        atomic_write(os.path.join(self.save_dir, "metrics_summary.csv"), write_summary)
+        if engine is not None:
+            engine.state.metrics["mean_dice_over_classes"] = summary["mean_dice_over_classes"]
+        per = ", ".join(f"{n}: {r.get('dice', float('nan')):.4f}" for n, r in zip(names, per_class.values()))
+        logger.info(
+            f"one-shot Dice over {len(self.rows)} episodes: mean over classes "
+            f"{summary['mean_dice_over_classes']:.4f} ({per})"
+            + (
+                f"; all-objects baseline {summary['mean_dice_all_objects_baseline']:.4f}"
+                if "mean_dice_all_objects_baseline" in summary
+                else ""
+            )
+            + f"; CSV files in {self.save_dir}"
+        )

@@ -1,7 +1,9 @@
-"""Networks: the ViT encoder, the masked autoencoders built on it, and UNETR for their transferred encoders."""
+"""Networks: the ViT encoder, the masked autoencoders built on it, UNETR for their transferred encoders,
+SG-One for one-shot segmentation."""
 
 from maskseg_monai.networks.amlp import AMLPMaskedAutoencoder
 from maskseg_monai.networks.mae import MaskedAutoencoderViT, export_encoder
+from maskseg_monai.networks.sgone import SGOne
 from maskseg_monai.networks.transfer import TransferReport, freeze_encoder, load_pretrained_encoder
 from maskseg_monai.networks.unetr import UNETR
 from maskseg_monai.networks.vit_encoder import ViTEncoder
@@ -9,6 +11,7 @@ from maskseg_monai.networks.vit_encoder import ViTEncoder
 __all__ = [
     "AMLPMaskedAutoencoder",
     "MaskedAutoencoderViT",
+    "SGOne",
     "TransferReport",
     "UNETR",
     "ViTEncoder",

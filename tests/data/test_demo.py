@@ -24,6 +24,7 @@ EXPECTED = {
     "brain3d": ((39, 52, 80), 1, 3, 1, {"image", "label"}),
     "unlabelled2d": ((64, 64), 1, 150, 15, {"image"}),
     "ct3d": ((16, 16, 5), 1, 1, 1, {"image", "label", "image_dicom"}),
+    "textures2d": ((64, 64), 1, 96, 24, {"image", "label"}),
 }
 
 

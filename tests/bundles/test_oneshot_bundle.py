@@ -1,0 +1,149 @@
+"""The one-shot (SG-One) bundle run through ``python -m monai.bundle``, as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_cli import REPO, epoch_metric, missing_metadata, ok, run_bundle
+from PIL import Image
+
+from maskseg_monai.data.synthetic import blood_smear_scene
+
+CONFIGS = REPO / "bundles" / "oneshot" / "configs"
+SMALL = ["--channels", "[8,16,16,16,16]", "--seg_channels", "16"]
+SHORT = ["--epochs", "2", "--episodes_per_epoch", "16", "--val_episodes", "8", "--val_interval", "1", *SMALL]
+
+
+def bundle(*args: str, configs: tuple[str, ...] = ("train.json",)) -> subprocess.CompletedProcess:
+    return run_bundle("oneshot", *args, configs=configs)
+
+
+def test_metadata_has_required_fields():
+    assert not missing_metadata("oneshot")
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    fmt = meta["network_data_format"]
+    assert list(fmt["inputs"]) == ["image", "support_image", "support_label"]
+    assert fmt["outputs"]["pred"]["num_channels"] == 2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, str]:
+    """Episodic training on the built-in demo (textures2d, fold 0: odd classes trained, even held out)."""
+    root = tmp_path_factory.mktemp("oneshot")
+    log = ok(bundle("run", "training", "--bundle_root", str(root), *SHORT))
+    return root, log
+
+
+def test_labelled_training_writes_models_and_validates_on_held_out_classes(trained):
+    root, log = trained
+    assert "held-out classes [2, 4, 6, 8, 10, 12], training classes [1, 3, 5, 7, 9, 11]" in log
+    losses = epoch_metric(log, "train_loss")
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    dice = epoch_metric(log, "val_mean_dice")
+    assert len(dice) == 2 and all(0.0 <= d <= 1.0 for d in dice)
+    names = {p.name for p in (root / "models").iterdir()}
+    assert names == {"model.pt", "model_final.pt", "checkpoint_epoch=2.pt"}
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert "guide.weight" in state and "cnn.blocks.0.0.conv.weight" in state
+
+
+def test_superpixel_training_needs_no_labels(tmp_path):
+    log = ok(bundle("run", "training", "--bundle_root", str(tmp_path), "--episodes", "superpixel", "--fold", "1",
+                    "--demo_set", "bloodsmear2d", "--class_folds", "[[1],[2],[3],[4]]", *SHORT))  # fmt: skip
+    assert "held-out classes [2] (training uses superpixel pseudo-classes, no labels)" in log
+    assert len(epoch_metric(log, "train_loss")) == 2 and (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_evaluate_writes_per_class_and_per_episode_csv(trained):
+    root, _ = trained
+    log = ok(bundle("run", "evaluating", "--bundle_root", str(root), "--eval_episodes", "30", *SMALL,
+                    configs=("train.json", "evaluate.json")))  # fmt: skip
+    assert "one-shot Dice over 30 episodes" in log
+    per_class = list(csv.DictReader(open(root / "eval" / "metrics_per_class.csv")))
+    held_out = {f"stripes_{a:03d}deg" for a in (15, 45, 75, 105, 135, 165)}  # classes 2, 4, ..., 12
+    assert {r["filename"] for r in per_class} <= held_out and len(per_class) >= 4
+    assert sum(int(r["n_episodes"]) for r in per_class) == 30
+    episodes = list(csv.DictReader(open(root / "eval" / "metrics_per_episode.csv")))
+    assert len(episodes) == 30 and {int(r["class"]) for r in episodes} <= {2, 4, 6, 8, 10, 12}
+    summary = dict(line.strip().split(",") for line in open(root / "eval" / "metrics_summary.csv"))
+    assert 0.0 <= float(summary["mean_dice_over_classes"]) <= 1.0
+
+
+def test_inference_on_demo_writes_masks_with_query_geometry(trained):
+    root, _ = trained
+    out = root / "demo_out"
+    log = ok(bundle("run", "inference", "--bundle_root", str(root), "--output_dir", str(out), *SMALL,
+                    configs=("inference.json",)))  # fmt: skip
+    assert "one-shot support: scene_" in log
+    masks = sorted(out.glob("*_seg.png"))
+    assert len(masks) == 23  # 24 validation scenes, one is the support
+    query = root / "demo_data" / "textures2d" / "images" / masks[0].name.replace("_seg", "")
+    assert np.asarray(Image.open(masks[0])).shape == np.asarray(Image.open(query)).shape
+    assert set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 1}
+
+
+def _write_volume(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def test_inference_3d_volumes_slice_wise_keep_affine(trained, tmp_path):
+    root, _ = trained
+    affine = np.array([[0.8, 0, 0, -10], [0, 0.8, 0, 5], [0, 0, 2.0, 30], [0, 0, 0, 1]])
+    image, semantic, _ = blood_smear_scene((40, 36, 32), seed=3)
+    _write_volume(tmp_path / "support.nii.gz", image[0], affine)
+    _write_volume(tmp_path / "support_label.nii.gz", semantic.astype(np.uint8), affine)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for i, shape in enumerate([(40, 36, 33), (32, 32, 40)]):
+        q, _, _ = blood_smear_scene(shape, seed=10 + i)
+        _write_volume(queries / f"case{i}.nii.gz", q[0], affine * (i + 1) if i else affine)
+    out = tmp_path / "out"
+    ok(bundle("run", "inference", "--bundle_root", str(root), "--spatial_dims", "3",
+              "--support_image", str(tmp_path / "support.nii.gz"), "--support_label",
+              str(tmp_path / "support_label.nii.gz"), "--support_class", "2", "--query_dir", str(queries),
+              "--output_dir", str(out), *SMALL, configs=("inference.json",)))  # fmt: skip
+    for i in range(2):
+        src = nib.load(str(queries / f"case{i}.nii.gz"))
+        seg = nib.load(str(out / f"case{i}_seg.nii.gz"))
+        assert seg.shape == src.shape
+        np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
+
+
+def test_empty_support_mask_fails_clearly_and_writes_nothing(trained, tmp_path):
+    root, _ = trained
+    image, _, _ = blood_smear_scene((48, 48), seed=1)
+    Image.fromarray((image[0] * 255).astype(np.uint8)).save(tmp_path / "s.png")
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "s_label.png")
+    queries = tmp_path / "q"
+    queries.mkdir()
+    Image.fromarray((image[0] * 255).astype(np.uint8)).save(queries / "q.png")
+    out = tmp_path / "out"
+    proc = bundle("run", "inference", "--bundle_root", str(root), "--support_image", str(tmp_path / "s.png"),
+                  "--support_label", str(tmp_path / "s_label.png"), "--query_dir", str(queries),
+                  "--output_dir", str(out), *SMALL, configs=("inference.json",))  # fmt: skip
+    assert proc.returncode != 0
+    assert "s_label.png: the support label holds no foreground pixel" in proc.stdout + proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_two_process_ddp_training(tmp_path):
+    """``multi_gpu_train.json`` under torchrun: 2 CPU processes on gloo, one set of checkpoints."""
+    configs = str([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "monai.bundle", "run", "training", "--config_file", configs,
+           "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
+           "--bundle_root", str(tmp_path), *SHORT]  # fmt: skip
+    log = ok(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600))
+    assert "rank 0 of 2 ready" in log and "rank 1 of 2 ready" in log
+    names = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert names == ["checkpoint_epoch=2.pt", "model.pt", "model_final.pt"]
