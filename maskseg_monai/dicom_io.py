@@ -5,16 +5,14 @@ runs along a row (DICOM column index), ``Y`` down the columns (DICOM row index),
 RAS affine. :func:`write_dicom_seg` maps a label map in that layout back onto the source slices through the affine, so
 either reader's slice order is handled.
 
-Privacy: output names come from the input file or folder name through :func:`safe_stem`, never from DICOM tag values,
-and log messages name only those sanitised names.
+Privacy: output names come from the input file or folder name through :func:`~maskseg_monai.utils.safe_stem`,
+never from DICOM tag values, and log messages name only those sanitised names.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -27,13 +25,11 @@ from monai.config import KeysCollection
 from monai.transforms import LoadImage, MapTransform
 from pydicom.errors import InvalidDicomError
 
-from maskseg_monai.utils import BadInputError, as_bool, atomic_write
+from maskseg_monai.utils import BadInputError, as_bool, atomic_write, output_stem
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SUPPORTED_DICOM_READERS",
-    "safe_stem",
-    "output_stem",
     "output_name_formatter",
     "list_dicom_series",
     "resolve_dicom_series",
@@ -48,35 +44,7 @@ logger = logging.getLogger("maskseg_monai.dicom_io")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".nii", ".nii.gz", ".mha", ".nrrd")
 SUPPORTED_DICOM_READERS = ("ITKReader", "PydicomReader")
 SERIES_UID_KEY = "dicom_series_uid"  # meta key set by LoadMedicalImaged: the series read ("" for other inputs)
-_STRIP_EXTENSIONS = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".mha", ".nrrd", ".dcm", ".jpg", ".jpeg")
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def safe_stem(name: str | os.PathLike) -> str:
-    """A file-name stem made of ``[A-Za-z0-9._-]`` only, safe to join to an output folder.
-
-    Path separators and ``.``/``..`` parts are dropped (the remaining parts joined with ``_``), every run of other
-    characters becomes ``_``, and leading dots are stripped; an empty result falls back to ``input_<hash>``.
-
-    Example:
-        >>> safe_stem("../../etc/passwd"), safe_stem("Doe^John"), safe_stem("")
-        ('etc_passwd', 'Doe_John', 'input_e3b0c44298fc')
-    """
-    text = str(name)
-    parts = [p for p in re.split(r"[/\\]+", text) if p not in ("", ".", "..")]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts)).lstrip(".")
-    stem = re.sub(r"\.{2,}", ".", stem).strip("_")
-    return stem or f"input_{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
-
-
-def output_stem(path: str | os.PathLike) -> str:
-    """:func:`safe_stem` of an input's base name without its image extension (``.nii.gz``, ``.png``, ``.dcm``...)."""
-    name = os.path.basename(os.path.normpath(str(path)))
-    for ext in _STRIP_EXTENSIONS:
-        if name.lower().endswith(ext) and len(name) > len(ext):
-            name = name[: -len(ext)]
-            break
-    return safe_stem(name)
 
 
 def output_name_formatter(metadict: Mapping | None, saver: Any) -> dict:

@@ -37,6 +37,7 @@ from maskseg_monai.utils import atomic_write
 
 __all__ = [
     "load_pyplot",
+    "save_figure",
     "DEFAULT_DEMO_SET",
     "DEFAULT_SMALL_AREA",
     "GLOBAL_METRICS",
@@ -139,6 +140,19 @@ def load_pyplot(purpose: str) -> Any:
     except ImportError as err:  # pragma: no cover - matplotlib is a plotting-only dependency
         raise ImportError(f"{purpose} needs matplotlib: pip install matplotlib.") from err
     return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> str:
+    """Write a matplotlib figure as a 120-dpi PNG through :func:`~maskseg_monai.utils.atomic_write`, then close it.
+
+    Returns:
+        ``str(path)``.
+    """
+    plt = load_pyplot("saving a figure")
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def bundle_config_file(bundle: str) -> Path:

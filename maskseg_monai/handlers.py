@@ -12,7 +12,7 @@ import torch
 from monai.handlers import IgniteMetricHandler, from_engine
 
 from maskseg_monai.metrics import ReconstructionMetric, reconstruct_image
-from maskseg_monai.utils import as_bool, atomic_write
+from maskseg_monai.utils import as_bool, atomic_write, output_stem
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -125,16 +125,6 @@ class ReconstructionSaver:
             )
 
 
-def _stem(path: str) -> str:
-    """File name without folders or image extensions, restricted to safe characters."""
-    name = os.path.basename(str(path).rstrip("/\\")) or "image"
-    for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".nrrd", ".mha"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "image"
-
-
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
     """``[C, H, W]`` in [0, 1] -> ``[H, W]`` or ``[H, W, 3]`` uint8 (first channel unless RGB)."""
     img = img.detach().float().clamp(0, 1).cpu()
@@ -163,7 +153,7 @@ def save_reconstruction(
     """
     from PIL import Image
 
-    stem = _stem(source)
+    stem = output_stem(source)
     masked = image * (1 - pixel_mask) + 0.5 * pixel_mask
     panels = [image, masked, recon, pasted]
     if extra_panels:

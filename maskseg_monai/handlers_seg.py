@@ -88,6 +88,16 @@ def _filenames(batch: Sequence, key: str) -> list[str]:
     return names
 
 
+def _write_summary(summary: dict[str, float], save_dir: str) -> None:
+    """``<save_dir>/metrics_summary.csv``: ``metric,value`` lines, written atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.writelines(f"{k},{v}\n" for k, v in summary.items())
+
+    atomic_write(os.path.join(save_dir, "metrics_summary.csv"), write)
+
+
 class SegmentationMetricsSaver:
     """Write per-image small-object segmentation metrics (:mod:`maskseg_monai.evaluation`) of an evaluator.
 
@@ -159,13 +169,7 @@ class SegmentationMetricsSaver:
     def write(self, engine: Engine | None = None) -> None:
         """Write the two CSV files."""
         write_metrics_csv(self.rows, os.path.join(self.save_dir, "metrics_per_image.csv"), self.ids)
-        summary = summarize_metrics(self.rows)
-
-        def write_summary(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                f.writelines(f"{k},{v}\n" for k, v in summary.items())
-
-        atomic_write(os.path.join(self.save_dir, "metrics_summary.csv"), write_summary)
+        _write_summary(summarize_metrics(self.rows), self.save_dir)
         logger.info(f"per-image metrics of {len(self.rows)} images written to {self.save_dir}")
 
 
@@ -248,12 +252,7 @@ class OneShotMetricsSaver(SegmentationMetricsSaver):
         means = summarize_metrics([{k: v for k, v in r.items() if k != "n_episodes"} for r in per_class.values()])
         summary = {"mean_dice_over_classes": means.get("dice", float("nan")), "n_episodes": len(self.rows)}
         summary.update({f"mean_{k}": v for k, v in means.items() if k != "dice"})
-
-        def write_summary(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                f.writelines(f"{k},{v}\n" for k, v in summary.items())
-
-        atomic_write(os.path.join(self.save_dir, "metrics_summary.csv"), write_summary)
+        _write_summary(summary, self.save_dir)
         if engine is not None:
             engine.state.metrics["mean_dice_over_classes"] = summary["mean_dice_over_classes"]
         per = ", ".join(f"{n}: {r.get('dice', float('nan')):.4f}" for n, r in zip(names, per_class.values()))

@@ -57,11 +57,11 @@ from maskseg_monai.experiments import (
     probe_cells,
     read_bundle,
     run_overrides,
+    save_figure,
     train_cell,
     write_csv,
     write_markdown,
 )
-from maskseg_monai.utils import atomic_write
 
 __all__ = [
     "ARMS",
@@ -269,13 +269,7 @@ def plot_study(
         ax.set_title(title, fontsize="medium")
     fig.tight_layout()
 
-    def _write(tmp: str) -> None:
-        fig.savefig(tmp, dpi=120, format="png")
-
-    try:
-        return atomic_write(path, _write)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def run_study(

@@ -62,13 +62,13 @@ from maskseg_monai.experiments import (
     run_cells,
     run_overrides,
     run_settings,
+    save_figure,
     train_cell,
     write_csv,
     write_markdown,
 )
 from maskseg_monai.experiments import parse_override as _parse_override
 from maskseg_monai.masking import grid_size, num_masked_patches
-from maskseg_monai.utils import atomic_write
 
 __all__ = [
     "DEFAULT_PATCH_SIZES",
@@ -225,13 +225,7 @@ def plot_heatmap(
         fig.suptitle(title)
     fig.tight_layout()
 
-    def _write(tmp: str) -> None:
-        fig.savefig(tmp, dpi=120, format="png")
-
-    try:
-        return atomic_write(path, _write)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def run_sweep(

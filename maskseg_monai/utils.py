@@ -1,8 +1,11 @@
-"""Small shared helpers: atomic file writes, command-line flags, one clear error line for bad input."""
+"""Small shared helpers: atomic file writes, command-line flags, one clear error line for bad input, safe output
+file names."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -11,7 +14,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["BadInputError", "as_bool", "atomic_torch_save", "atomic_write", "error_summary", "install_error_hook"]
+__all__ = [
+    "BadInputError",
+    "as_bool",
+    "atomic_torch_save",
+    "atomic_write",
+    "error_summary",
+    "install_error_hook",
+    "output_stem",
+    "safe_stem",
+]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> str:
@@ -116,3 +128,33 @@ def install_error_hook() -> None:
 
     hook._maskseg_error_hook = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+_STRIP_EXTENSIONS = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".mha", ".nrrd", ".dcm", ".jpg", ".jpeg")
+
+
+def safe_stem(name: str | os.PathLike) -> str:
+    """A file-name stem made of ``[A-Za-z0-9._-]`` only, safe to join to an output folder.
+
+    Path separators and ``.``/``..`` parts are dropped (the remaining parts joined with ``_``), every run of other
+    characters becomes ``_``, and leading dots are stripped; an empty result falls back to ``input_<hash>``.
+
+    Example:
+        >>> safe_stem("../../etc/passwd"), safe_stem("Doe^John"), safe_stem("")
+        ('etc_passwd', 'Doe_John', 'input_e3b0c44298fc')
+    """
+    text = str(name)
+    parts = [p for p in re.split(r"[/\\]+", text) if p not in ("", ".", "..")]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts)).lstrip(".")
+    stem = re.sub(r"\.{2,}", ".", stem).strip("_")
+    return stem or f"input_{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
+
+
+def output_stem(path: str | os.PathLike) -> str:
+    """:func:`safe_stem` of an input's base name without its image extension (``.nii.gz``, ``.png``, ``.dcm``...)."""
+    name = os.path.basename(os.path.normpath(str(path)))
+    for ext in _STRIP_EXTENSIONS:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            name = name[: -len(ext)]
+            break
+    return safe_stem(name)

@@ -20,9 +20,9 @@ from maskseg_monai.dicom_io import (
     list_dicom_series,
     output_name_formatter,
     resolve_dicom_series,
-    safe_stem,
     write_dicom_seg,
 )
+from maskseg_monai.utils import safe_stem
 
 SERIES = demo_dicom_series_dir()
 SERIES_UID = pydicom.dcmread(next(SERIES.iterdir()), stop_before_pixels=True).SeriesInstanceUID

@@ -174,6 +174,7 @@ class SGOne(nn.Module):
         )
         self.fuse = Convolution(spatial_dims, seg_channels * len(feat_ch), seg_channels, kernel_size=1, act="RELU")
         self.pool = MaskedAveragePooling(resize=map_resize)
+        self.pool_background = MaskedAveragePooling(resize=map_resize, allow_empty=True)
         self.similarity = CosineSimilarityGuidance()
         self.head = nn.Sequential(
             Convolution(spatial_dims, seg_channels, seg_channels, kernel_size=3, act="RELU", norm=None),
@@ -210,7 +211,7 @@ class SGOne(nn.Module):
         Raises:
             ValueError: on wrong shapes or an empty support mask.
         """
-        return self._prototypes(*self._check_support(support_image, support_mask))[0]
+        return self._prototypes(*self._check_support(support_image, support_mask), background=False)[0]
 
     def _check_support(
         self, support_image: torch.Tensor, support_mask: torch.Tensor
@@ -228,15 +229,15 @@ class SGOne(nn.Module):
             )
         return support_image, support_mask
 
-    def _prototypes(self, support_image: torch.Tensor, support_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Foreground and background prototypes ``[B, C]`` of ``[B, K, ...]`` supports (background: 0 if none)."""
+    def _prototypes(
+        self, support_image: torch.Tensor, support_mask: torch.Tensor, background: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Foreground and (when asked) background prototypes ``[B, C]`` of ``[B, K, ...]`` supports; the background
+        prototype of a mask covering the whole support is 0."""
         b, k = support_image.shape[:2]
         feats = self.guide(self._encode(support_image.flatten(0, 1))[-1]).unflatten(0, (b, k))
         mask = support_mask.to(feats.dtype)
-        fg = self.pool(feats, mask)
-        if not self.guidance_logit_scale:
-            return fg, fg
-        return fg, MaskedAveragePooling(self.pool.resize, allow_empty=True)(feats, 1.0 - mask)
+        return self.pool(feats, mask), self.pool_background(feats, 1.0 - mask) if background else None
 
     def forward(self, x: torch.Tensor, support_image: torch.Tensor, support_mask: torch.Tensor) -> torch.Tensor:
         """Segment the support's class in the query.
@@ -251,7 +252,9 @@ class SGOne(nn.Module):
             logits ``[B, 2, *spatial]`` (channel 1: the support's class).
         """
         self._check("query image", x, self.in_channels, self.spatial_dims + 2)
-        proto, proto_bg = self._prototypes(*self._check_support(support_image, support_mask))
+        proto, proto_bg = self._prototypes(
+            *self._check_support(support_image, support_mask), background=bool(self.guidance_logit_scale)
+        )
         if proto.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"support batch {proto.shape[0]} must be 1 or the query batch {x.shape[0]}.")
         feats = self._encode(x)
