@@ -9,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from maskseg_monai.masking import generate_patch_mask
+from maskseg_monai.masking.masks import generate_patch_mask
 
 __all__ = ["OneShotInferer", "SeededMaskInferer", "support_slices"]
 

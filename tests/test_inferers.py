@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from maskseg_monai.handlers_seg import OneShotMetricsSaver
+from maskseg_monai.handlers import OneShotMetricsSaver
 from maskseg_monai.inferers import OneShotInferer, support_slices
 
 

@@ -7,11 +7,25 @@ from maskseg_monai.data.demo import (
     ensure_demo_datalist,
     materialize_demo,
 )
+from maskseg_monai.data.dicom import (
+    IMAGE_EXTENSIONS,
+    SERIES_UID_KEY,
+    inference_inputs,
+    list_dicom_series,
+    resolve_dicom_series,
+    write_dicom_seg,
+)
 from maskseg_monai.data.manifest import ManifestError, VerificationError, load_manifest, prepare_dataset
 from maskseg_monai.data.synthetic import BLOOD_CLASSES, MIN_SCENE_SIZE, blood_smear_scene
 from maskseg_monai.data.validate import CheckedCacheDataset
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
+    "SERIES_UID_KEY",
+    "inference_inputs",
+    "list_dicom_series",
+    "resolve_dicom_series",
+    "write_dicom_seg",
     "BLOOD_CLASSES",
     "CheckedCacheDataset",
     "DATALIST_NAME",

@@ -2,11 +2,11 @@
 SG-One for one-shot segmentation."""
 
 from maskseg_monai.networks.amlp import AMLPMaskedAutoencoder
+from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
 from maskseg_monai.networks.mae import MaskedAutoencoderViT, export_encoder
 from maskseg_monai.networks.sgone import SGOne
 from maskseg_monai.networks.transfer import TransferReport, freeze_encoder, load_pretrained_encoder
 from maskseg_monai.networks.unetr import UNETR
-from maskseg_monai.networks.vit_encoder import ViTEncoder
 
 __all__ = [
     "AMLPMaskedAutoencoder",

@@ -6,8 +6,9 @@ import torch
 import torch.nn as nn
 from monai.utils import look_up_option
 
-from maskseg_monai.clustering import batched_kmeans, patch_pixel_features
-from maskseg_monai.masking import merge_mae_output, patch_mask_to_image, patchify
+from maskseg_monai.masking.clustering import batched_kmeans, patch_pixel_features
+from maskseg_monai.masking.outputs import merge_mae_output
+from maskseg_monai.masking.patches import patch_mask_to_image, patchify
 from maskseg_monai.networks.mae import MaskedAutoencoderViT
 from maskseg_monai.utils import as_bool
 

@@ -10,8 +10,10 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
-from maskseg_monai.masking import generate_patch_mask, mask_from_scores, merge_mae_output, unpatchify
-from maskseg_monai.networks.vit_encoder import ViTEncoder, check_embed_dim, transformer_blocks
+from maskseg_monai.masking.masks import generate_patch_mask, mask_from_scores
+from maskseg_monai.masking.outputs import merge_mae_output
+from maskseg_monai.masking.patches import unpatchify
+from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder, check_embed_dim, transformer_blocks
 from maskseg_monai.utils import as_bool, atomic_torch_save
 
 __all__ = ["MaskedAutoencoderViT", "export_encoder"]

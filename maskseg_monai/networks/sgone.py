@@ -13,9 +13,9 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.utils import ensure_tuple_rep, look_up_option
 from torch import nn
 
-from maskseg_monai.layers import CosineSimilarityGuidance, MaskedAveragePooling
+from maskseg_monai.networks.blocks.similarity import CosineSimilarityGuidance, MaskedAveragePooling
+from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
 from maskseg_monai.networks.transfer import TransferReport, load_pretrained_encoder
-from maskseg_monai.networks.vit_encoder import ViTEncoder
 from maskseg_monai.utils import as_bool
 
 __all__ = ["SGOne", "SUPPORTED_BACKBONES"]
@@ -93,7 +93,8 @@ class SGOne(nn.Module):
             scratch learns far faster with it). Defaults to ``"batch"``.
         seg_channels: width of the segmentation branch (SG-One: 128). Defaults to 64.
         guide_channels: width of the guidance features; ``None`` keeps the backbone's. Defaults to ``None``.
-        map_resize: grid matching in masked average pooling, see :func:`~maskseg_monai.layers.masked_average_pooling`.
+        map_resize: grid matching in masked average pooling, see
+            :func:`~maskseg_monai.networks.blocks.masked_average_pooling`.
         guidance_logit_scale: weight of the guidance shortcut to the logits; 0 for the paper's SG-One. Defaults to 10.
         img_size: ViT input size (int or per axis). Defaults to 64.
         patch_size: ViT patch size. Defaults to 8.

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskseg_monai.networks.vit_encoder import ViTEncoder
+from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
 
 __all__ = ["TransferReport", "load_pretrained_encoder", "freeze_encoder", "find_encoder", "resample_pos_embed"]
 

@@ -11,8 +11,8 @@ import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from monai.utils import ensure_tuple_rep
 
+from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
 from maskseg_monai.networks.transfer import TransferReport, load_pretrained_encoder
-from maskseg_monai.networks.vit_encoder import ViTEncoder
 
 __all__ = ["UNETR", "unetr_skip_layers"]
 

@@ -330,7 +330,8 @@ def test_dicom_tags_never_name_output_files(tmp_path):
     """A series whose PatientName / SeriesDescription / PatientID hold ``../../evil`` writes only into output_dir."""
     from monai.transforms import SaveImaged
 
-    from maskseg_monai.dicom_io import LoadMedicalImaged, SaveDicomSegd, inference_inputs, output_name_formatter
+    from maskseg_monai.data import inference_inputs
+    from maskseg_monai.transforms import LoadMedicalImaged, SaveDicomSegd, output_name_formatter
 
     series = tmp_path / "in" / "series"
     series.mkdir(parents=True)

@@ -1,0 +1,1 @@
+"""Applications around the bundles: MONAI Label (``python -m maskseg_monai.apps.label``)."""

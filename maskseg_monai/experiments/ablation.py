@@ -1,0 +1,450 @@
+"""Ablation of the AMLP bundle: MAE, +MPS, +ARL, +CCL, +AMR on the same data, seeds, budget and evaluation masks.
+
+The variants are cumulative: each switches on one more AMLP component of ``bundles/amlp`` (methods note
+``shared/methods/amlp.md``, "What to measure"):
+
+============  ======================================================================================
+``mae``       ``use_mps=false``, ``arl_weight=0``, ``ccl_weight=0``, ``use_amr=false`` (fixed ``mask_ratio``)
+``+mps``      Masked Patch Selection on (``use_mps`` as in the bundle)
+``+arl``      plus the Attention (relative) Reconstruction Loss (the bundle's ``arl_weight``)
+``+ccl``      plus the Category Consistency Loss (the bundle's ``ccl_weight``)
+``+amr``      plus the Adaptive Masking Ratio (``amr_start`` -> ``amr_end``): the full AMLP
+============  ======================================================================================
+
+Every variant trains in-process with the same seed, data and epochs (:mod:`maskseg_monai.experiments`), then its
+``models/model_final.pt`` is evaluated twice on the validation split:
+
+- **reconstruction**, with masks drawn from one fixed seed at one fixed ratio for every variant (default: the
+  bundle's ``amr_end``), so MPS is bypassed and all variants see the same masked pixels: ``psnr_masked``,
+  ``ssim_masked``, ``psnr_all``, ``ssim_all``, ``psnr_masked_lesion`` (masked pixels of the lesion classes),
+  ``psnr_masked_small`` / ``psnr_masked_rest`` (small connected components), ``psnr_masked_<class>`` and the
+  no-learning ``baseline_*`` values (see :func:`maskseg_monai.experiments.evaluate_cell`);
+- **masked patch selection**, with each network masking by its own policy in eval mode at the same ratio (MPS
+  when on, uniformly random otherwise): ``mps_hit_rate`` (fraction of masked patches holding lesion pixels)
+  against ``chance_hit_rate`` (fraction of all patches holding lesion pixels), and ``category_precision`` /
+  ``category_recall`` of MPS's lesion category against the lesion patches (NaN without MPS); see
+  :func:`~maskseg_monai.metrics.mps_hit_rates`. *Lesion* is any label > 0 unless ``--lesion_classes`` says otherwise.
+
+Downstream Dice after UNETR fine-tuning is not measured yet; it comes with the UNETR bundle.
+
+Run it as a module::
+
+    python -m maskseg_monai.experiments.ablation --epochs 500 --seeds 0 1 --override learning_rate=2e-3
+    python -m maskseg_monai.experiments.ablation --variants mae +mps --epochs 1 --override hidden_size=48
+
+Outputs in ``--output_dir``: ``results.csv`` (one row per variant x seed) and ``results.md`` (the command, the
+settings and mean ± std tables per variant), each written atomically and refreshed after every run; one bundle
+root per run under ``cells/``, and the demo data, shared by all runs, under ``demo_data/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.utils import ensure_tuple_rep, look_up_option
+
+from maskseg_monai.experiments.cli import COMMON_RESERVED_KEYS, add_common_arguments, check_run_inputs, parse_command
+from maskseg_monai.experiments.evaluate import (
+    BASELINE_METRICS,
+    DEFAULT_SMALL_AREA,
+    GLOBAL_METRICS,
+    REGION_METRICS,
+    REPORTED_KEYS,
+    evaluate_cell,
+)
+from maskseg_monai.experiments.report import format_value, markdown_table, run_settings, write_csv, write_markdown
+from maskseg_monai.experiments.runner import (
+    DEFAULT_DEMO_SET,
+    Cell,
+    bundle_config_file,
+    prepare_data,
+    probe_cells,
+    read_bundle,
+    run_cells,
+    run_overrides,
+)
+from maskseg_monai.experiments.validation import ValidationSet, iter_batches
+from maskseg_monai.masking.masks import num_masked_patches
+from maskseg_monai.masking.outputs import split_mae_output
+from maskseg_monai.masking.patches import grid_size, image_mask_to_patches
+from maskseg_monai.metrics.masking import mps_hit_rates
+from maskseg_monai.utils import as_bool
+
+__all__ = [
+    "VARIANTS",
+    "COMPONENTS",
+    "RESERVED_KEYS",
+    "MPS_METRICS",
+    "check_variants",
+    "component_values",
+    "variant_overrides",
+    "lesion_patches",
+    "evaluate_mps",
+    "summarize",
+    "run_ablation",
+    "main",
+]
+
+#: the variants, in their cumulative order: each adds the next component of COMPONENTS
+VARIANTS: tuple[str, ...] = ("mae", "+mps", "+arl", "+ccl", "+amr")
+#: component -> (bundle key, its value when off); variant VARIANTS[i] switches on the first i components
+COMPONENTS: dict[str, tuple[str, Any]] = {
+    "mps": ("use_mps", False),
+    "arl": ("arl_weight", 0.0),
+    "ccl": ("ccl_weight", 0.0),
+    "amr": ("use_amr", False),
+}
+DEFAULT_OUTPUT_DIR = "sweeps/amlp_ablation"
+#: bundle keys the ablation sets itself; each has its own command-line option
+RESERVED_KEYS: dict[str, str] = {"seed": "--seeds", **COMMON_RESERVED_KEYS}
+MPS_METRICS = ("mps_hit_rate", "chance_hit_rate", "category_precision", "category_recall")
+_LESION_METRICS = ("psnr_masked_lesion", "baseline_psnr_masked_lesion")
+_AMLP_KEYS = (
+    "patch_size", "mask_ratio", "amr_start", "amr_end", "amr_schedule", "mps_features", "mps_clusters", "mps_iters",
+    "mps_warmup", "mps_prob", "ccl_hidden", "arl_gamma", "ccl_target",
+)  # fmt: skip
+_RECON_COLUMNS = (
+    "psnr_masked", "psnr_masked_lesion", "psnr_masked_small", "psnr_masked_rest", "psnr_all", "ssim_masked",
+    "ssim_all", "baseline_psnr_masked", "baseline_psnr_masked_lesion", "baseline_psnr_masked_small",
+)  # fmt: skip
+
+
+def check_variants(variants: Sequence[str]) -> list[str]:
+    """The requested variants in their cumulative order.
+
+    Raises:
+        ValueError: on an empty or repeated list, or an unknown name (the message lists the valid ones).
+    """
+    if len(variants) == 0:
+        raise ValueError(f"--variants is empty; choose from {list(VARIANTS)}.")
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"--variants repeats a name: {list(variants)}.")
+    for v in variants:
+        look_up_option(v, VARIANTS)
+    return sorted(variants, key=VARIANTS.index)
+
+
+def component_values(base: ConfigParser) -> dict[str, Any]:
+    """The bundle's values of the component keys (with the shared overrides): what each variant switches on."""
+    values: dict[str, Any] = {}
+    for key, off in COMPONENTS.values():
+        raw = base.get_parsed_content(key)
+        values[key] = as_bool(raw, key) if isinstance(off, bool) else float(raw)
+    return values
+
+
+def variant_overrides(variant: str, on: Mapping[str, Any]) -> dict[str, Any]:
+    """Component keys of one variant: the first ``VARIANTS.index(variant)`` components on, the others off.
+
+    Args:
+        variant: one of :data:`VARIANTS`.
+        on: component key -> its value when on (:func:`component_values`).
+
+    Raises:
+        ValueError: on an unknown variant, or when a component the variant needs is off in ``on`` (the
+            variant would then repeat the one before it).
+
+    Example:
+        >>> variant_overrides("+arl", {"use_mps": True, "arl_weight": 1.0, "ccl_weight": 0.1, "use_amr": True})
+        {'use_mps': True, 'arl_weight': 1.0, 'ccl_weight': 0.0, 'use_amr': False}
+    """
+    n_on = VARIANTS.index(look_up_option(variant, VARIANTS))
+    over = {}
+    for i, (name, (key, off)) in enumerate(COMPONENTS.items()):
+        if i < n_on and on[key] == off:
+            raise ValueError(
+                f"variant {variant} switches on {name.upper()}, but the bundle's {key} is {on[key]!r} (off); "
+                f"set it with --override {key}=..."
+            )
+        over[key] = on[key] if i < n_on else off
+    return over
+
+
+def lesion_patches(
+    labels: torch.Tensor, lesion_classes: Sequence[int], patch_size: Sequence[int] | int
+) -> torch.Tensor:
+    """Patches holding at least one lesion pixel.
+
+    Args:
+        labels: label maps ``[B, 1, *spatial]``.
+        lesion_classes: the label values that count as lesion.
+        patch_size: the network's patch size.
+
+    Returns:
+        ``[B, L]`` float, 1 = the patch holds a pixel of a lesion class.
+    """
+    classes = torch.as_tensor(list(lesion_classes), dtype=labels.dtype, device=labels.device)
+    return image_mask_to_patches(torch.isin(labels, classes).float(), patch_size)
+
+
+@torch.no_grad()
+def evaluate_mps(
+    network: torch.nn.Module,
+    images: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor] | None,
+    lesion_classes: Sequence[int],
+    mask_ratio: float,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Masked-patch-selection quality: how often the network's own masking policy masks lesion patches.
+
+    The network runs in eval mode without a mask, so it masks as it would in training (AMLP: MPS when
+    ``use_mps``, else uniformly random), at ``mask_ratio``; the random parts (tie-breaking, random masking) are
+    drawn from ``seed``, on a forked RNG. The network's ``mask_ratio`` is restored afterwards.
+
+    Args:
+        network: a trained :class:`~maskseg_monai.networks.AMLPMaskedAutoencoder` (or a masked autoencoder whose
+            output has no category map: the category values are then NaN).
+        images: validation images ``[C, *spatial]``.
+        labels: their label maps ``[1, *spatial]``, or ``None`` (every value is then NaN).
+        lesion_classes: label values that count as lesion.
+        mask_ratio: the masking ratio.
+        seed: seed of the random parts of the masking.
+        batch_size: images per forward pass.
+        device: where to run.
+
+    Returns:
+        :func:`~maskseg_monai.metrics.mps_hit_rates` over all validation images.
+    """
+    if labels is None:
+        return dict.fromkeys(MPS_METRICS, float("nan"))
+    net = getattr(network, "module", network)
+    network.eval()
+    device = torch.device(device)
+    gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    masks, lesions, categories = [], [], []
+    previous = net.mask_ratio
+    try:
+        net.mask_ratio = mask_ratio
+        with torch.random.fork_rng(devices=gpus):
+            torch.manual_seed(seed)
+            for x, y in iter_batches(images, labels, batch_size, device):
+                out = network(x).float()
+                c = x.shape[1]
+                masks.append(image_mask_to_patches(split_mae_output(out, c)[1], net.patch_size))
+                lesions.append(lesion_patches(y, lesion_classes, net.patch_size))
+                if as_bool(getattr(net, "use_mps", False)) and out.shape[1] >= c + 3:
+                    categories.append(image_mask_to_patches(out[:, c + 2 : c + 3], net.patch_size))
+    finally:
+        net.mask_ratio = previous
+    return mps_hit_rates(torch.cat(masks), torch.cat(lesions), torch.cat(categories) if categories else None)
+
+
+def _mean_std(values: Sequence[float], column: str) -> str:
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return "nan"
+    if all(isinstance(v, int) for v in values) and len(set(values)) == 1:  # e.g. steps: the same in every run
+        return str(values[0])
+    mean = format_value(float(np.mean(finite)), column)
+    return mean if len(finite) < 2 else f"{mean} ± {format_value(float(np.std(finite, ddof=1)), column)}"
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per variant (in the order of ``rows``): ``variant``, ``runs`` and ``"mean ± std"`` per column.
+
+    The standard deviation is over the runs (seeds), with ``ddof=1``; a single run shows its value alone. NaN
+    values (e.g. a region absent from every image) are left out.
+    """
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    table = []
+    for v in variants:
+        runs = [r for r in rows if r["variant"] == v]
+        table.append({"variant": v, "runs": len(runs)} | {c: _mean_std([r.get(c) for r in runs], c) for c in columns})
+    return table
+
+
+def _sections(rows: Sequence[Mapping[str, Any]], class_names: Mapping[int, str], eval_ratio: float, total: int) -> list:
+    classes = [f"psnr_masked_{n}" for n in class_names.values()]
+    partial = [f"**Partial results: {len(rows)} of {total} runs done.**"] if len(rows) < total else []
+    return [
+        *partial,
+        f"## Reconstruction (seeded random masks at ratio {eval_ratio:g}, the same for every variant)\n\n"
+        "PSNR in dB, mean ± std over seeds. `baseline_*`: each masked pixel filled with the mean of its image's "
+        "visible pixels (no learning), on the same masks.\n\n" + markdown_table(summarize(rows, _RECON_COLUMNS)),
+        f"## Masked Patch Selection (each variant masks by its own policy at ratio {eval_ratio:g})\n\n"
+        "`mps_hit_rate`: fraction of masked patches holding lesion pixels; `chance_hit_rate`: fraction of all "
+        "patches holding lesion pixels (what random masking hits on average). Category precision/recall: MPS's "
+        "lesion category against the lesion patches (nan without MPS).\n\n"
+        + markdown_table(summarize(rows, MPS_METRICS)),
+        "## Masked PSNR per class\n\n" + markdown_table(summarize(rows, classes)) if classes else "",
+        "## Training\n\n`train_loss` is the last epoch's mean training loss; it includes the ARL and CCL terms, "
+        "so it is not comparable between variants.\n\n"
+        + markdown_table(summarize(rows, ("steps", "train_loss", "train_seconds"))),
+        "## Downstream segmentation\n\nDice after UNETR fine-tuning (all objects and by object size) is not "
+        "measured yet: it comes with the UNETR fine-tuning bundle. No Dice value is reported here.",
+    ]
+
+
+def run_ablation(
+    variants: Sequence[str] = VARIANTS,
+    epochs: int = 20,
+    seeds: Sequence[int] = (0,),
+    demo_set: str = DEFAULT_DEMO_SET,
+    datalist: str | Path | None = None,
+    output_dir: str | Path = DEFAULT_OUTPUT_DIR,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    eval_mask_ratio: float | None = None,
+    eval_seed: int = 0,
+    lesion_classes: Sequence[int] | None = None,
+    command: str | None = None,
+    progress_bar: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Train and evaluate every variant x seed, then write ``results.csv`` and ``results.md`` to ``output_dir``.
+
+    Args:
+        variants: a subset of :data:`VARIANTS` (run in their cumulative order).
+        epochs: training epochs of every run.
+        seeds: training seeds; every variant runs once per seed.
+        demo_set: built-in demo set (``maskseg_monai.data.DEMO_SETS``) when no ``datalist`` is given.
+        datalist: a MONAI datalist JSON (``"training"``/``"validation"`` lists of ``{"image", "label"}``).
+        output_dir: where results, run bundle roots (``cells/``) and demo data go.
+        config_file: the AMLP bundle's ``train.json``. Defaults to the repository's ``bundles/amlp``.
+        overrides: further bundle overrides (``key -> value``) for every run; the component keys set what the
+            variants switch on (e.g. ``ccl_weight=0.3``).
+        eval_mask_ratio: the ratio of every evaluation. Defaults to the bundle's ``amr_end``.
+        eval_seed: seed of the evaluation masks, the same for every run.
+        lesion_classes: label values that count as lesion. Defaults to every class > 0 in the validation labels.
+        command: the command line recorded in ``results.md``.
+        progress_bar: keep the bundle's per-iteration progress bars.
+        log: where progress lines go.
+
+    Returns:
+        one dict per run: ``variant``, ``seed``, ``epochs``, ``steps``, ``train_loss``, ``train_seconds``, the
+        metrics of :func:`~maskseg_monai.experiments.evaluate_cell` and :func:`evaluate_mps`.
+
+    Raises:
+        ValueError: on a bad variant list, no or repeated seeds, a reserved override, ``epochs < 1``, an
+            evaluation ratio the patch grid cannot mask, a negative lesion class, a variant whose component is
+            off in the bundle, or a network the bundle cannot build (all checked before any training).
+        FileNotFoundError: when ``config_file`` or ``datalist`` does not exist.
+    """
+    config_file = Path(config_file) if config_file is not None else bundle_config_file("amlp")
+    extra = dict(overrides or {})
+    check_run_inputs(config_file, datalist, epochs, extra, RESERVED_KEYS, "the ablation")
+    variants = check_variants(variants)
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must list one or more distinct seeds, got {seeds}.")
+    if lesion_classes is not None and (not lesion_classes or min(lesion_classes) < 0):
+        raise ValueError(f"--lesion_classes must list label values >= 0, got {list(lesion_classes)}.")
+    output_dir = Path(output_dir).resolve()
+
+    base = read_bundle(config_file, extra)
+    spatial_dims = int(base.get_parsed_content("spatial_dims"))
+    img = ensure_tuple_rep(base.get_parsed_content("img_size"), spatial_dims)
+    n_patches = math.prod(grid_size(img, base.get_parsed_content("patch_size")))
+    eval_ratio = float(base.get_parsed_content("amr_end") if eval_mask_ratio is None else eval_mask_ratio)
+    try:
+        num_masked_patches(n_patches, eval_ratio)
+    except ValueError as err:
+        raise ValueError(f"--eval_mask_ratio {eval_ratio} ({n_patches} patches): {err}") from None
+    small_area = DEFAULT_SMALL_AREA.get(spatial_dims, 64)
+    on = component_values(base)
+    cells = []
+    for seed in seeds:
+        for v in variants:
+            root = output_dir / "cells" / f"{v.lstrip('+')}_seed{seed}"
+            cell = variant_overrides(v, on)
+            over = run_overrides(epochs, seed, root, output_dir / "demo_data", demo_set, datalist, extra, cell)
+            cells.append(Cell(f"variant {v}, seed {seed}", {"variant": v, "seed": seed, "epochs": epochs}, over))
+    probe_cells(config_file, cells)
+    prepare_data(output_dir / "demo_data", demo_set, datalist)
+
+    def lesion_of(validation: ValidationSet) -> list[int]:
+        return list(lesion_classes) if lesion_classes is not None else [k for k in validation.class_names if k > 0]
+
+    def evaluate(network: torch.nn.Module, parser: ConfigParser, validation: ValidationSet) -> dict[str, float]:
+        lesion = lesion_of(validation)
+        batch = {
+            "batch_size": int(parser.get_parsed_content("batch_size")),
+            "device": parser.get_parsed_content("device"),
+        }
+        norm_pix = as_bool(parser.get_parsed_content("norm_pix_loss"), "norm_pix_loss")
+        images, labels = validation.images, validation.labels
+        metrics = evaluate_cell(
+            network, images, labels, validation.class_names, eval_seed, small_area, norm_pix,
+            mask_ratio=eval_ratio, lesion_classes=lesion, **batch,
+        )  # fmt: skip
+        metrics |= evaluate_mps(network, images, labels, lesion, eval_ratio, eval_seed, **batch)
+        first = (*GLOBAL_METRICS, *_LESION_METRICS, *REGION_METRICS, *BASELINE_METRICS, *MPS_METRICS)
+        return {k: metrics[k] for k in first} | {k: v for k, v in metrics.items() if k not in first}
+
+    def settings_of(validation: ValidationSet | None) -> dict[str, Any]:
+        names = validation.class_names if validation is not None else {}
+        lesion = lesion_of(validation) if validation is not None else lesion_classes or []
+        described = [
+            f"`{v}`: " + ", ".join(f"`{k}={x}`" for k, x in variant_overrides(v, on).items()) for v in variants
+        ]
+        unit = "pixels" if spatial_dims == 2 else "voxels"
+        specific = {
+            "variants": "; ".join(described),
+            "epochs per run": epochs,
+            "training seeds": ", ".join(map(str, seeds)),
+            "evaluation": f"mask ratio {eval_ratio:g} for every variant; masks, MPS tie-breaks: seed {eval_seed}",
+            "lesion classes (label values)": ", ".join(f"{k} ({names.get(k, '?')})" for k in lesion) or "none found",
+            "small objects": f"connected components (per class) of fewer than {small_area} {unit}",
+        }
+        keys = REPORTED_KEYS + _AMLP_KEYS
+        return run_settings(config_file, base, demo_set, datalist, validation, extra, specific, keys)
+
+    command = command or "maskseg_monai.experiments.ablation.run_ablation(...)"
+
+    def save(rows: list[dict[str, Any]], validation: ValidationSet | None) -> None:
+        names = validation.class_names if validation is not None else {}
+        write_csv(rows, output_dir / "results.csv")
+        sections = _sections(rows, names, eval_ratio, len(cells))
+        write_markdown(output_dir / "results.md", "AMLP ablation", command, settings_of(validation), sections)
+
+    rows, _ = run_cells(
+        config_file, cells, evaluate, progress_bar=progress_bar, log=log,
+        log_metrics=("psnr_masked", "psnr_masked_lesion", "mps_hit_rate", "chance_hit_rate"), on_row=save,
+    )  # fmt: skip
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m maskseg_monai.experiments.ablation",
+        description="Train the AMLP bundle as MAE, +MPS, +ARL, +CCL and +AMR (cumulative) on the same data, seeds "
+        "and budget; compare reconstructions and how often MPS masks lesion patches.",
+    )
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"subset of {' '.join(VARIANTS)}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    ap.add_argument(
+        "--eval_mask_ratio", type=float, default=None, help="mask ratio of every evaluation (default: amr_end)"
+    )
+    ap.add_argument("--eval_seed", type=int, default=0, help="seed of the evaluation masks (default 0)")
+    ap.add_argument(
+        "--lesion_classes", type=int, nargs="+", default=None,
+        help="label values that count as lesion (default: every label > 0)",
+    )  # fmt: skip
+    add_common_arguments(ap, DEFAULT_OUTPUT_DIR, "amlp")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Command-line entry point: ``python -m maskseg_monai.experiments.ablation [options]`` (see ``--help``)."""
+    args, common = parse_command(_parser(), argv, "maskseg_monai.experiments.ablation", RESERVED_KEYS, "the ablation")
+    rows = run_ablation(
+        args.variants, seeds=args.seeds, eval_mask_ratio=args.eval_mask_ratio, eval_seed=args.eval_seed,
+        lesion_classes=args.lesion_classes, **common,
+    )  # fmt: skip
+    print(markdown_table(summarize(rows, ("psnr_masked", "psnr_masked_lesion", *MPS_METRICS))))
+    print(f"results in {Path(args.output_dir).resolve()}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

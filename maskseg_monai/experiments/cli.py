@@ -1,0 +1,141 @@
+"""Command-line pieces shared by the experiment commands (sweep, ablation, study)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from maskseg_monai.experiments.runner import DEFAULT_DEMO_SET
+
+__all__ = [
+    "parse_override",
+    "check_run_inputs",
+    "add_common_arguments",
+    "parse_command",
+    "command_line",
+    "COMMON_RESERVED_KEYS",
+]
+
+#: bundle keys every command sets itself, and the option that sets them
+COMMON_RESERVED_KEYS: dict[str, str] = {
+    "epochs": "--epochs",
+    "demo_set": "--demo_set",
+    "datalist": "--datalist",
+    "bundle_root": "--output_dir",
+}
+
+
+def parse_override(text: str, reserved: Mapping[str, str] | None = None, tool: str = "the command") -> tuple[str, Any]:
+    """Parse one ``key=value`` bundle override; the value is read as JSON, then as a Python literal, else a string.
+
+    Args:
+        text: e.g. ``"hidden_size=48"``, ``"amp=false"``, ``"train#dataloader#shuffle=False"``, ``"loss_region=all"``.
+        reserved: keys the command sets itself -> the option that sets them.
+        tool: how the error names the command, e.g. ``"the sweep"``.
+
+    Returns:
+        ``(key, value)``.
+
+    Raises:
+        ValueError: without ``=``, with an empty key, or for a ``reserved`` key.
+
+    Example:
+        >>> parse_override("hidden_size=48"), parse_override("amp=false"), parse_override("loss_region=all")
+        (('hidden_size', 48), ('amp', False), ('loss_region', 'all'))
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--override expects key=value, got {text!r}.")
+    if reserved and key in reserved:
+        raise ValueError(f"--override {key}=... is set by {tool}; use {reserved[key]} instead.")
+    raw = raw.strip()
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return key, parse(raw)
+        except (ValueError, SyntaxError):
+            continue
+    return key, raw
+
+
+def check_run_inputs(
+    config_file: str | Path,
+    datalist: str | Path | None,
+    epochs: int,
+    overrides: Mapping[str, Any],
+    reserved: Mapping[str, str],
+    tool: str = "the command",
+) -> None:
+    """Fail before any training on a missing file, ``epochs < 1`` or an override the command sets itself.
+
+    Raises:
+        FileNotFoundError: when ``config_file`` or ``datalist`` does not exist.
+        ValueError: on ``epochs < 1`` or a ``reserved`` key in ``overrides``.
+    """
+    if not Path(config_file).is_file():
+        raise FileNotFoundError(f"--config_file {config_file} does not exist.")
+    if datalist is not None and not Path(datalist).is_file():
+        raise FileNotFoundError(f"--datalist {datalist} does not exist.")
+    if epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {epochs}.")
+    clash = sorted(set(overrides) & set(reserved))
+    if clash:
+        raise ValueError(f"overrides {clash} are set by {tool}; use {[reserved[k] for k in clash]}.")
+
+
+def add_common_arguments(ap: argparse.ArgumentParser, default_output_dir: str, bundle: str) -> None:
+    """The options every experiment command has: data, schedule, output, config, progress bar and overrides."""
+    ap.add_argument("--epochs", type=int, default=20, help="training epochs of every cell (default 20)")
+    ap.add_argument("--demo_set", default=DEFAULT_DEMO_SET, help=f"built-in demo set (default {DEFAULT_DEMO_SET})")
+    ap.add_argument("--datalist", default=None, help="a MONAI datalist JSON to use instead of a demo set")
+    ap.add_argument("--output_dir", default=default_output_dir, help=f"default {default_output_dir}")
+    ap.add_argument(
+        "--config_file", default=None, help=f"the {bundle.upper()} bundle's train.json (default: the repository's)"
+    )
+    ap.add_argument("--progress_bar", action="store_true", help="keep the bundle's per-iteration progress bars")
+    ap.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="bundle override for every cell, repeatable (e.g. --override hidden_size=96)",
+    )  # fmt: skip
+
+
+def parse_command(
+    ap: argparse.ArgumentParser, argv: Sequence[str] | None, module: str, reserved: Mapping[str, str], tool: str
+) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Parse a command line of an experiment command built with :func:`add_common_arguments`.
+
+    A malformed or reserved ``--override`` ends the program with ``ap.error``.
+
+    Args:
+        ap: the command's parser.
+        argv: the arguments (without the program name). Defaults to ``sys.argv[1:]``.
+        module: the command's module, e.g. ``"maskseg_monai.experiments.sweep"``, for the command line in
+            ``results.md``.
+        reserved: bundle keys the command sets itself -> the option that sets them.
+        tool: how errors name the command, e.g. ``"the sweep"``.
+
+    Returns:
+        the parsed arguments and the keyword arguments the common options give the command's ``run_*``
+        function: ``epochs``, ``demo_set``, ``datalist``, ``output_dir``, ``config_file``, ``overrides``,
+        ``command`` and ``progress_bar``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(argv)
+    try:
+        overrides = dict(parse_override(v, reserved, tool) for v in args.override)
+    except ValueError as err:
+        ap.error(str(err))
+    common = {k: getattr(args, k) for k in ("epochs", "demo_set", "datalist", "output_dir", "config_file")}
+    common.update(overrides=overrides, command=command_line(module, argv), progress_bar=args.progress_bar)
+    return args, common
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The shell command that ran ``python -m module argv``, as recorded in ``results.md``."""
+    return shlex.join(["python", "-m", module, *argv])

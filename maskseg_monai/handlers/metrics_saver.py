@@ -1,0 +1,218 @@
+"""Per-image and summary CSVs of segmentation metrics (UNETR evaluation, one-shot episodes)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from monai.handlers import from_engine
+from monai.metrics import compute_dice
+
+from maskseg_monai.metrics.segmentation import (
+    SIZE_THRESHOLDS,
+    evaluate_segmentation,
+    summarize_metrics,
+    write_metrics_csv,
+)
+from maskseg_monai.utils import atomic_write
+
+__all__ = ["OneShotMetricsSaver", "SegmentationMetricsSaver"]
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+
+logger = logging.getLogger("maskseg_monai.handlers")
+
+
+def _filenames(batch: Sequence, key: str) -> list[str]:
+    names = []
+    for i, item in enumerate(batch):
+        img = item.get(key) if isinstance(item, dict) else None
+        meta = getattr(img, "meta", {}) or {}
+        name = meta.get("filename_or_obj", f"item{i}")
+        names.append(os.path.basename(str(name)))
+    return names
+
+
+def _write_summary(summary: dict[str, float], save_dir: str) -> None:
+    """``<save_dir>/metrics_summary.csv``: ``metric,value`` lines, written atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.writelines(f"{k},{v}\n" for k, v in summary.items())
+
+    atomic_write(os.path.join(save_dir, "metrics_summary.csv"), write)
+
+
+class SegmentationMetricsSaver:
+    """Write per-image small-object segmentation metrics (:mod:`maskseg_monai.metrics.segmentation`) of an evaluator.
+
+    Collects the post-processed one-hot ``pred`` and ``label`` of every iteration and, when the run completes,
+    writes ``<save_dir>/metrics_per_image.csv`` (one row per image, ``filename`` first) and
+    ``<save_dir>/metrics_summary.csv`` (``metric,value`` lines, NaN-ignoring means over images), both atomically.
+    Use it in a single process (rank 0 only under DDP sees its own shard).
+
+    Args:
+        save_dir: output folder.
+        output_transform: engine output -> ``(y_pred, y)`` lists of one-hot ``[C, *spatial]`` tensors.
+            Defaults to ``from_engine(["pred", "label"])``.
+        image_key: batch key whose ``meta["filename_or_obj"]`` names the rows. Defaults to ``"image"``.
+        include_background, class_names, size_thresholds, iou_threshold, connectivity, ignore_empty: as for
+            :func:`~maskseg_monai.metrics.evaluate_segmentation`.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        output_transform: Callable = from_engine(["pred", "label"]),
+        image_key: str = "image",
+        include_background: bool = False,
+        class_names: Sequence[str] | None = None,
+        size_thresholds: Sequence[int] = SIZE_THRESHOLDS,
+        iou_threshold: float = 0.5,
+        connectivity: int = 1,
+        ignore_empty: bool = True,
+    ) -> None:
+        self.save_dir = str(save_dir)
+        self.output_transform = output_transform
+        self.image_key = image_key
+        self.kwargs = dict(
+            include_background=include_background,
+            class_names=class_names,
+            size_thresholds=size_thresholds,
+            iou_threshold=float(iou_threshold),
+            connectivity=int(connectivity),
+            ignore_empty=ignore_empty,
+        )
+        self.rows: list[dict[str, float]] = []
+        self.ids: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Reset at ``EPOCH_STARTED``, collect at ``ITERATION_COMPLETED``, write at ``COMPLETED``."""
+        from ignite.engine import Events
+
+        for event, handler in (
+            (Events.EPOCH_STARTED, self.reset),
+            (Events.ITERATION_COMPLETED, self.collect),
+            (Events.COMPLETED, self.write),
+        ):
+            if not engine.has_event_handler(handler, event):
+                engine.add_event_handler(event, handler)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Forget the collected rows."""
+        self.rows, self.ids = [], []
+
+    def collect(self, engine: Engine) -> None:
+        """Evaluate the images of the current batch."""
+        y_pred, y = self.output_transform(engine.state.output)
+        y_pred = torch.stack([torch.as_tensor(p) for p in y_pred])
+        y = torch.stack([torch.as_tensor(t) for t in y])
+        self.rows += evaluate_segmentation(y_pred, y, **self.kwargs)
+        batch = engine.state.batch
+        self.ids += _filenames(batch if isinstance(batch, list) else [{}] * len(y), self.image_key)
+
+    def write(self, engine: Engine | None = None) -> None:
+        """Write the two CSV files."""
+        write_metrics_csv(self.rows, os.path.join(self.save_dir, "metrics_per_image.csv"), self.ids)
+        _write_summary(summarize_metrics(self.rows), self.save_dir)
+        logger.info(f"per-image metrics of {len(self.rows)} images written to {self.save_dir}")
+
+
+class OneShotMetricsSaver(SegmentationMetricsSaver):
+    """Per-episode and per-class metrics of one-shot segmentation over held-out classes.
+
+    Like :class:`SegmentationMetricsSaver` on the two-class (background, target) output of every episode, with the
+    episode's class (batch key ``class_key``) added to each row. On completion it writes
+    ``metrics_per_episode.csv`` (one row per episode), ``metrics_per_class.csv`` (NaN-ignoring means per class)
+    and ``metrics_summary.csv`` (the mean over classes of the per-class means, so that every class weighs the
+    same, with ``n_episodes``), all atomically; and puts ``mean_dice_over_classes`` into
+    ``engine.state.metrics``.
+
+    Args:
+        save_dir: output folder.
+        class_key: batch key of the episode's class. Defaults to ``"class"``.
+        baseline_key: batch key of the query's mask of every object (any class); when present, each row also gets
+            ``dice_all_objects_baseline``, the Dice a support-blind "segment every object" answer would score.
+        class_names: ``{value: name}`` for the rows of ``metrics_per_class.csv``; unnamed classes keep their value.
+        size_thresholds, iou_threshold, connectivity: as for :class:`SegmentationMetricsSaver`.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        class_key: str = "class",
+        baseline_key: str = "label_objects",
+        class_names: dict | None = None,
+        size_thresholds: Sequence[int] = SIZE_THRESHOLDS,
+        iou_threshold: float = 0.5,
+        connectivity: int = 1,
+    ) -> None:
+        super().__init__(
+            save_dir, size_thresholds=size_thresholds, iou_threshold=iou_threshold, connectivity=connectivity
+        )
+        self.class_key = class_key
+        self.baseline_key = baseline_key
+        self.class_names = {str(k): str(v) for k, v in (class_names or {}).items()}
+        self.classes: list[int] = []
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Forget the collected rows."""
+        super().reset(engine)
+        self.classes = []
+
+    def collect(self, engine: Engine) -> None:
+        """Evaluate the episodes of the current batch and record their classes."""
+        n = len(self.rows)
+        super().collect(engine)
+        batch = engine.state.batch
+        cls = batch[self.class_key] if isinstance(batch, dict) else [b[self.class_key] for b in batch]
+        self.classes += [int(c) for c in torch.as_tensor(cls).flatten().tolist()]
+        self.ids[n:] = [f"episode_{i:05d}" for i in range(n, len(self.rows))]
+        for row, c in zip(self.rows[n:], self.classes[n:]):
+            row["class"] = c
+        items = [batch] if isinstance(batch, dict) else list(batch)
+        if items and all(self.baseline_key in b for b in items):  # Dice of the class-agnostic all-objects mask
+            _, y = self.output_transform(engine.state.output)
+            objects = torch.cat([torch.as_tensor(b[self.baseline_key]).reshape(-1, *y[0].shape[1:]) for b in items])
+            objects = objects.reshape(len(y), 1, *y[0].shape[1:]).to(torch.float32)
+            target = torch.stack([torch.as_tensor(t)[1:2] for t in y]).to(objects.device, objects.dtype)
+            dice = compute_dice(objects, target, ignore_empty=False).flatten().tolist()
+            for row, d in zip(self.rows[n:], dice):
+                row["dice_all_objects_baseline"] = d
+
+    def per_class(self) -> dict[int, dict[str, float]]:
+        """NaN-ignoring mean metrics of each class, with ``n_episodes``."""
+        out = {}
+        for c in sorted(set(self.classes)):
+            rows = [{k: v for k, v in r.items() if k != "class"} for r in self.rows if r["class"] == c]
+            out[c] = {**summarize_metrics(rows), "n_episodes": len(rows)}
+        return out
+
+    def write(self, engine: Engine | None = None) -> None:
+        """Write the three CSV files (and the metric into ``engine.state.metrics``)."""
+        write_metrics_csv(self.rows, os.path.join(self.save_dir, "metrics_per_episode.csv"), self.ids)
+        per_class = self.per_class()
+        names = [self.class_names.get(str(c), str(c)) for c in per_class]
+        write_metrics_csv(list(per_class.values()), os.path.join(self.save_dir, "metrics_per_class.csv"), names)
+        means = summarize_metrics([{k: v for k, v in r.items() if k != "n_episodes"} for r in per_class.values()])
+        summary = {"mean_dice_over_classes": means.get("dice", float("nan")), "n_episodes": len(self.rows)}
+        summary.update({f"mean_{k}": v for k, v in means.items() if k != "dice"})
+        _write_summary(summary, self.save_dir)
+        if engine is not None:
+            engine.state.metrics["mean_dice_over_classes"] = summary["mean_dice_over_classes"]
+        per = ", ".join(f"{n}: {r.get('dice', float('nan')):.4f}" for n, r in zip(names, per_class.values()))
+        logger.info(
+            f"one-shot Dice over {len(self.rows)} episodes: mean over classes "
+            f"{summary['mean_dice_over_classes']:.4f} ({per})"
+            + (
+                f"; all-objects baseline {summary['mean_dice_all_objects_baseline']:.4f}"
+                if "mean_dice_all_objects_baseline" in summary
+                else ""
+            )
+            + f"; CSV files in {self.save_dir}"
+        )

@@ -1,0 +1,17 @@
+"""Transforms of the bundles: checked loading, medical-image I/O (NIfTI, DICOM series, DICOM SEG), superpixels."""
+
+from maskseg_monai.transforms.checks import CheckedLoadImaged, CheckImaged, CheckLabeld
+from maskseg_monai.transforms.io import SUPPORTED_DICOM_READERS, LoadMedicalImaged, SaveDicomSegd, output_name_formatter
+from maskseg_monai.transforms.superpixel import SUPPORTED_SUPERPIXELS, SuperpixelLabeld
+
+__all__ = [
+    "CheckImaged",
+    "CheckLabeld",
+    "CheckedLoadImaged",
+    "LoadMedicalImaged",
+    "SUPPORTED_DICOM_READERS",
+    "SUPPORTED_SUPERPIXELS",
+    "SaveDicomSegd",
+    "SuperpixelLabeld",
+    "output_name_formatter",
+]

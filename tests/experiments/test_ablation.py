@@ -1,0 +1,154 @@
+"""The AMLP ablation: a tiny real run through the command line, the hit-rate metric, and early failures."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskseg_monai.experiments import ablation
+from maskseg_monai.data import BLOOD_CLASSES
+from maskseg_monai.metrics import mps_hit_rates
+from maskseg_monai.networks import AMLPMaskedAutoencoder
+
+TINY = {
+    "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4,
+    "decoder_hidden_size": 48, "decoder_mlp_dim": 96, "decoder_num_layers": 1, "decoder_num_heads": 4,
+}  # fmt: skip
+TINY_ARGS = [arg for k, v in TINY.items() for arg in ("--override", f"{k}={v}")]
+RECON = ["psnr_masked", "ssim_masked", "psnr_all", "ssim_all", "psnr_masked_lesion", "psnr_masked_small"]
+CLASS_METRICS = [f"psnr_masked_{name}" for name in BLOOD_CLASSES.values()]
+ON = {"use_mps": True, "arl_weight": 1.0, "ccl_weight": 0.1, "use_amr": True}
+
+
+@pytest.fixture(scope="module")
+def tiny_ablation(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("ablation")
+    argv = ["--variants", "+ccl", "mae", "--seeds", "0", "1", "--epochs", "1", "--lesion_classes", "3", "4",
+            "--output_dir", str(out), *TINY_ARGS]  # fmt: skip
+    return out, ablation.main(argv)
+
+
+@pytest.mark.slow
+def test_tiny_ablation_writes_results(tiny_ablation):
+    out, rows = tiny_ablation
+    with open(out / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    # seed-major, variants in their cumulative order whatever the order asked
+    assert [(r["variant"], r["seed"]) for r in table] == [("mae", "0"), ("+ccl", "0"), ("mae", "1"), ("+ccl", "1")]
+    columns = list(table[0])
+    assert columns[:6] == ["variant", "seed", "epochs", "steps", "train_loss", "train_seconds"]
+    assert set(RECON + list(ablation.MPS_METRICS) + CLASS_METRICS) <= set(columns)
+    for r in table:
+        assert r["epochs"] == "1" and r["steps"] == "4"  # 32 training scenes, batch 8
+        finite = ["train_loss", *RECON, *CLASS_METRICS, "mps_hit_rate", "chance_hit_rate"]
+        assert all(math.isfinite(float(r[c])) for c in finite), r
+        assert 0 <= float(r["mps_hit_rate"]) <= 1 and 0 < float(r["chance_hit_rate"]) < 1
+        has_mps = r["variant"] != "mae"
+        assert all(math.isfinite(float(r[c])) == has_mps for c in ("category_precision", "category_recall")), r
+    # every variant and seed is scored on the same masks and lesion patches
+    assert len({r["baseline_psnr_masked"] for r in table}) == 1 and len({r["chance_hit_rate"] for r in table}) == 1
+    assert rows[1]["mps_hit_rate"] == pytest.approx(float(table[1]["mps_hit_rate"]), rel=1e-4)
+
+    md = (out / "results.md").read_text()
+    assert md.splitlines()[3].startswith("python -m maskseg_monai.experiments.ablation --variants +ccl mae --seeds 0 1")
+    assert "lesion classes (label values): 3 (platelet), 4 (platelet_aggregate)" in md
+    assert "Partial results" not in md and "not measured yet" in md and "±" in md
+    assert "| mae | 2 |" in md and "| +ccl | 2 |" in md
+    assert not list(out.glob(".tmp-*"))
+    for name in ("mae_seed0", "ccl_seed0", "mae_seed1", "ccl_seed1"):
+        assert (out / "cells" / name / "models" / "model_final.pt").is_file()
+
+
+def test_mps_hit_rates_hand_built():
+    # 2 images x 4 patches; lesion patches: image 0 -> {0, 1}, image 1 -> {3}: 3 of 8 (chance 0.375)
+    lesion = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])  # hits: patch 0 of image 0, patch 3 of image 1
+    category = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])  # 3 patches, 2 of them lesion
+    rates = mps_hit_rates(mask, lesion, category)
+    assert rates == pytest.approx(
+        {"mps_hit_rate": 2 / 4, "chance_hit_rate": 3 / 8, "category_precision": 2 / 3, "category_recall": 2 / 3}
+    )
+    perfect = mps_hit_rates(lesion, lesion, lesion)  # masking exactly the lesion patches
+    assert perfect["mps_hit_rate"] == perfect["category_precision"] == perfect["category_recall"] == 1.0
+    no_lesion = mps_hit_rates(mask, torch.zeros_like(lesion))
+    assert no_lesion["mps_hit_rate"] == 0.0 and no_lesion["chance_hit_rate"] == 0.0
+    assert math.isnan(no_lesion["category_precision"]) and math.isnan(no_lesion["category_recall"])
+    empty = mps_hit_rates(mask, lesion, torch.zeros_like(lesion))
+    assert math.isnan(empty["category_precision"]) and empty["category_recall"] == 0.0
+    with pytest.raises(ValueError, match="category must be"):
+        mps_hit_rates(mask, lesion, category[:, :3])
+
+
+def test_lesion_patches():
+    labels = torch.zeros(1, 1, 8, 8)
+    labels[0, 0, 0, 0] = 3  # one pixel in patch 0
+    labels[0, 0, 5, 5] = 1  # patch 3, not a lesion class
+    labels[0, 0, 6, 1] = 4  # patch 2
+    assert ablation.lesion_patches(labels, [3, 4], 4).tolist() == [[1.0, 0.0, 1.0, 0.0]]
+    assert ablation.lesion_patches(labels, [1], 4).tolist() == [[0.0, 0.0, 0.0, 1.0]]
+
+
+def test_bad_variant_name_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"mpss.*\+mps"):
+        ablation.main(["--variants", "mae", "mpss", "--epochs", "1", "--output_dir", str(tmp_path), *TINY_ARGS])
+    assert not (tmp_path / "cells").exists()
+
+
+@pytest.mark.parametrize("variants, match", [([], "empty"), (["mae", "mae"], "repeats"), (["MAE"], "MAE")])
+def test_check_variants_ill_args(variants, match):
+    with pytest.raises(ValueError, match=match):
+        ablation.check_variants(variants)
+
+
+def test_variants_are_cumulative():
+    assert ablation.check_variants(["+amr", "mae", "+mps"]) == ["mae", "+mps", "+amr"]
+    over = [ablation.variant_overrides(v, ON) for v in ablation.VARIANTS]
+    assert over[0] == {"use_mps": False, "arl_weight": 0.0, "ccl_weight": 0.0, "use_amr": False}
+    assert over[-1] == ON
+    for i in range(1, len(over)):  # each variant switches on exactly one more component
+        assert sum(over[i][k] != over[i - 1][k] for k in ON) == 1
+    with pytest.raises(ValueError, match="switches on CCL.*ccl_weight"):
+        ablation.variant_overrides("+amr", {**ON, "ccl_weight": 0.0})
+
+
+def test_early_failures(tmp_path):
+    with pytest.raises(ValueError, match="switches on ARL"):
+        ablation.run_ablation(["mae", "+arl"], epochs=1, output_dir=tmp_path, overrides={**TINY, "arl_weight": 0})
+    with pytest.raises(ValueError, match="eval_mask_ratio"):
+        ablation.run_ablation(["mae"], epochs=1, output_dir=tmp_path, overrides=TINY, eval_mask_ratio=1.0)
+    with pytest.raises(ValueError, match="seeds"):
+        ablation.run_ablation(["mae"], epochs=1, seeds=[0, 0], output_dir=tmp_path, overrides=TINY)
+    with pytest.raises(ValueError, match="cell variant mae, seed 0: the bundle cannot build its network"):
+        ablation.run_ablation(["mae"], epochs=1, output_dir=tmp_path, overrides={**TINY, "num_heads": 5})
+    assert not (tmp_path / "cells").exists()
+
+
+def test_cli_rejects_reserved_override(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ablation.main(["--override", "seed=3", "--output_dir", str(tmp_path)])
+    assert "--seeds" in capsys.readouterr().err
+
+
+def _tiny_amlp(**kwargs) -> AMLPMaskedAutoencoder:
+    return AMLPMaskedAutoencoder(in_channels=1, img_size=32, patch_size=8, spatial_dims=2, **TINY, **kwargs)
+
+
+@pytest.mark.parametrize("use_mps", [True, False])
+def test_evaluate_mps_is_repeatable_and_restores_the_ratio(use_mps):
+    net = _tiny_amlp(use_mps=use_mps, mask_ratio=0.5, mps_warmup=0)
+    images = [torch.rand(1, 32, 32) for _ in range(3)]
+    labels = [torch.zeros(1, 32, 32) for _ in range(3)]
+    for y in labels:
+        y[0, :8, :8] = 3  # patch 0 of every image is a lesion patch: 1 of 16
+    a = ablation.evaluate_mps(net, images, labels, [3], mask_ratio=0.75, seed=1, batch_size=2)
+    b = ablation.evaluate_mps(net, images, labels, [3], mask_ratio=0.75, seed=1, batch_size=2)
+    assert a == pytest.approx(b, nan_ok=True) and net.mask_ratio == 0.5
+    assert a["chance_hit_rate"] == pytest.approx(1 / 16)
+    assert 0 <= a["mps_hit_rate"] <= 1 / 12  # 12 masked patches per image, at most one of them lesion
+    assert math.isfinite(a["category_recall"]) == use_mps
+    nan = ablation.evaluate_mps(net, images, None, [3], mask_ratio=0.75)
+    assert all(math.isnan(v) for v in nan.values())
