@@ -45,7 +45,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.utils import ensure_tuple_rep, look_up_option
@@ -59,7 +58,13 @@ from maskseg_monai.experiments.evaluate import (
     REPORTED_KEYS,
     evaluate_cell,
 )
-from maskseg_monai.experiments.report import format_value, markdown_table, run_settings, write_csv, write_markdown
+from maskseg_monai.experiments.report import (
+    markdown_table,
+    run_settings,
+    summarize_runs,
+    write_csv,
+    write_markdown,
+)
 from maskseg_monai.experiments.runner import (
     DEFAULT_DEMO_SET,
     Cell,
@@ -87,7 +92,6 @@ __all__ = [
     "variant_overrides",
     "lesion_patches",
     "evaluate_mps",
-    "summarize",
     "run_ablation",
     "main",
 ]
@@ -239,30 +243,6 @@ def evaluate_mps(
     return mps_hit_rates(torch.cat(masks), torch.cat(lesions), torch.cat(categories) if categories else None)
 
 
-def _mean_std(values: Sequence[float], column: str) -> str:
-    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not finite:
-        return "nan"
-    if all(isinstance(v, int) for v in values) and len(set(values)) == 1:  # e.g. steps: the same in every run
-        return str(values[0])
-    mean = format_value(float(np.mean(finite)), column)
-    return mean if len(finite) < 2 else f"{mean} ± {format_value(float(np.std(finite, ddof=1)), column)}"
-
-
-def summarize(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per variant (in the order of ``rows``): ``variant``, ``runs`` and ``"mean ± std"`` per column.
-
-    The standard deviation is over the runs (seeds), with ``ddof=1``; a single run shows its value alone. NaN
-    values (e.g. a region absent from every image) are left out.
-    """
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    table = []
-    for v in variants:
-        runs = [r for r in rows if r["variant"] == v]
-        table.append({"variant": v, "runs": len(runs)} | {c: _mean_std([r.get(c) for r in runs], c) for c in columns})
-    return table
-
-
 def _sections(rows: Sequence[Mapping[str, Any]], class_names: Mapping[int, str], eval_ratio: float, total: int) -> list:
     classes = [f"psnr_masked_{n}" for n in class_names.values()]
     partial = [f"**Partial results: {len(rows)} of {total} runs done.**"] if len(rows) < total else []
@@ -270,16 +250,17 @@ def _sections(rows: Sequence[Mapping[str, Any]], class_names: Mapping[int, str],
         *partial,
         f"## Reconstruction (seeded random masks at ratio {eval_ratio:g}, the same for every variant)\n\n"
         "PSNR in dB, mean ± std over seeds. `baseline_*`: each masked pixel filled with the mean of its image's "
-        "visible pixels (no learning), on the same masks.\n\n" + markdown_table(summarize(rows, _RECON_COLUMNS)),
+        "visible pixels (no learning), on the same masks.\n\n"
+        + markdown_table(summarize_runs(rows, _RECON_COLUMNS, "variant")),
         f"## Masked Patch Selection (each variant masks by its own policy at ratio {eval_ratio:g})\n\n"
         "`mps_hit_rate`: fraction of masked patches holding lesion pixels; `chance_hit_rate`: fraction of all "
         "patches holding lesion pixels (what random masking hits on average). Category precision/recall: MPS's "
         "lesion category against the lesion patches (nan without MPS).\n\n"
-        + markdown_table(summarize(rows, MPS_METRICS)),
-        "## Masked PSNR per class\n\n" + markdown_table(summarize(rows, classes)) if classes else "",
+        + markdown_table(summarize_runs(rows, MPS_METRICS, "variant")),
+        "## Masked PSNR per class\n\n" + markdown_table(summarize_runs(rows, classes, "variant")) if classes else "",
         "## Training\n\n`train_loss` is the last epoch's mean training loss; it includes the ARL and CCL terms, "
         "so it is not comparable between variants.\n\n"
-        + markdown_table(summarize(rows, ("steps", "train_loss", "train_seconds"))),
+        + markdown_table(summarize_runs(rows, ("steps", "train_loss", "train_seconds"), "variant")),
         "## Downstream segmentation\n\nDice after UNETR fine-tuning (all objects and by object size) is not "
         "measured yet: it comes with the UNETR fine-tuning bundle. No Dice value is reported here.",
     ]
@@ -441,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         args.variants, seeds=args.seeds, eval_mask_ratio=args.eval_mask_ratio, eval_seed=args.eval_seed,
         lesion_classes=args.lesion_classes, **common,
     )  # fmt: skip
-    print(markdown_table(summarize(rows, ("psnr_masked", "psnr_masked_lesion", *MPS_METRICS))))
+    print(markdown_table(summarize_runs(rows, ("psnr_masked", "psnr_masked_lesion", *MPS_METRICS), "variant")))
     print(f"results in {Path(args.output_dir).resolve()}")
     return rows
 

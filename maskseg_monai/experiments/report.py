@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
@@ -16,6 +17,8 @@ from maskseg_monai.experiments.validation import ValidationSet
 from maskseg_monai.utils import atomic_write
 
 __all__ = [
+    "mean_std",
+    "summarize_runs",
     "load_pyplot",
     "save_figure",
     "run_settings",
@@ -98,8 +101,12 @@ def run_settings(
     return settings
 
 
+_SCORE_PREFIXES = ("dice", "f1", "precision", "recall")
+
+
 def format_value(value: Any, column: str) -> str:
-    """A results value as text: PSNR-like values with 2 decimals, SSIM and loss with 4, rates with 3."""
+    """A results value as text: PSNR-like values with 2 decimals, SSIM and loss with 4, rates and scores in
+    [0, 1] (Dice, F1, precision, recall) with 3."""
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
@@ -107,10 +114,56 @@ def format_value(value: Any, column: str) -> str:
             return f"{value:g}"
         if column.startswith("ssim") or column == "train_loss":
             return f"{value:.4f}"
-        if column.endswith(("_rate", "_precision", "_recall")):
+        if column.endswith(("_rate", "_precision", "_recall")) or column.startswith(_SCORE_PREFIXES):
             return f"{value:.3f}"
         return f"{value:.2f}"
     return str(value)
+
+
+def mean_std(values: Sequence[Any]) -> tuple[float, float]:
+    """Mean and standard deviation (``ddof=1``) of the finite numbers in ``values``; NaN where undefined
+    (no finite value; a single value has no spread)."""
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+
+
+def summarize_runs(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], group: str, order: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per value of ``group`` (a variant, an arm): ``group``, ``runs`` and ``"mean ± std"`` per column.
+
+    The standard deviation is over the runs (seeds), with ``ddof=1``; a single run shows its value alone, and an
+    integer that is the same in every run (e.g. ``steps``) is shown as it is. NaN values (e.g. a region absent
+    from every image) are left out.
+
+    Args:
+        rows: one row per run, each with ``group`` and the ``columns``.
+        columns: the columns to summarise.
+        group: the key that names a run's group.
+        order: the groups in table order; defaults to their order of first appearance in ``rows``.
+
+    Example:
+        >>> rows = [{"arm": "mae", "dice": 0.5}, {"arm": "mae", "dice": 0.7}]
+        >>> summarize_runs(rows, ["dice"], "arm")
+        [{'arm': 'mae', 'runs': 2, 'dice': '0.600 ± 0.141'}]
+    """
+    present = dict.fromkeys(r[group] for r in rows)
+    table = []
+    for key in [k for k in order if k in present] if order is not None else list(present):
+        runs = [r for r in rows if r[group] == key]
+        row: dict[str, Any] = {group: key, "runs": len(runs)}
+        for c in columns:
+            values = [r.get(c, math.nan) for r in runs]
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in values) and len(set(values)) == 1:
+                row[c] = str(values[0])
+                continue
+            mean, std = mean_std(values)
+            text = format_value(mean, c)
+            row[c] = text if math.isnan(std) else f"{text} ± {format_value(std, c)}"
+        table.append(row)
+    return table
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> str:

@@ -46,7 +46,9 @@ from maskseg_monai.experiments.report import (
     format_value,
     load_pyplot,
     markdown_table,
+    mean_std,
     save_figure,
+    summarize_runs,
     write_csv,
     write_markdown,
 )
@@ -76,7 +78,6 @@ __all__ = [
     "split_overrides",
     "check_encoder_sizes",
     "evaluate_unetr",
-    "summarize_arms",
     "plot_study",
     "run_study",
     "main",
@@ -99,7 +100,6 @@ RESERVED_KEYS: dict[str, str] = {
 DEFAULT_OUTPUT_DIR = "sweeps/unetr_study"
 #: summary columns of results.md (``dice_small`` is the smallest size bucket's Dice)
 SUMMARY_COLUMNS = ("dice", "dice_small", "f1", "precision", "recall", "train_seconds")
-_SCORE_PREFIXES = ("dice", "f1", "precision", "recall")
 
 
 def split_overrides(overrides: Mapping[str, Any], parsers: Mapping[str, ConfigParser]) -> dict[str, dict[str, Any]]:
@@ -199,35 +199,6 @@ def evaluate_unetr(
     return summary
 
 
-def _fmt(value: Any, column: str) -> str:
-    """Scores in [0, 1] (Dice, F1, precision, recall) with 3 decimals, the rest as :func:`format_value`."""
-    if isinstance(value, float) and math.isfinite(value) and column.startswith(_SCORE_PREFIXES):
-        return f"{value:.3f}"
-    return format_value(value, column)
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan
-    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
-
-
-def summarize_arms(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per arm (in :data:`ARMS` order): ``arm``, ``runs`` and ``"mean ± std"`` (over seeds, ``ddof=1``)
-    per column; NaN values are left out, a single run shows its value alone."""
-    table = []
-    for arm in [a for a in ARMS if any(r["arm"] == a for r in rows)]:
-        runs = [r for r in rows if r["arm"] == arm]
-        row: dict[str, Any] = {"arm": arm, "runs": len(runs)}
-        for c in columns:
-            mean, std = _mean_std([r.get(c, math.nan) for r in runs])
-            text = _fmt(mean, c)
-            row[c] = text if math.isnan(std) else f"{text} ± {_fmt(std, c)}"
-        table.append(row)
-    return table
-
-
 def plot_study(
     rows: Sequence[Mapping[str, Any]],
     path: str | Path,
@@ -258,7 +229,7 @@ def plot_study(
     fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(metrics), 3.6))
     for i, arm in enumerate(arms):
         values = np.array([[float(r.get(m, math.nan)) for m in metrics] for r in rows if r["arm"] == arm])
-        stats = [_mean_std(values[:, j]) for j in range(len(metrics))]
+        stats = [mean_std(values[:, j]) for j in range(len(metrics))]
         xs = np.arange(len(metrics)) + (i - (len(arms) - 1) / 2) * width
         means = [m for m, _ in stats]
         errs = [0.0 if math.isnan(s) else s for _, s in stats]
@@ -388,10 +359,13 @@ def run_study(
         partial = [f"**Partial results: {len(rows)} of {total} runs done.**"] if len(rows) < total else []
         sections = [
             *partial,
-            "## Mean ± std over seeds\n\n" + markdown_table(summarize_arms(rows, SUMMARY_COLUMNS)),
+            "## Mean ± std over seeds\n\n" + markdown_table(summarize_runs(rows, SUMMARY_COLUMNS, "arm", ARMS)),
             "## Dice by object size\n\n"
-            + markdown_table(summarize_arms(rows, [f"dice_{b}" for b in size_bucket_names(size_thresholds)])),
-            "## Runs\n\n" + markdown_table([{c: _fmt(r[c], c) for c in run_columns} for r in rows], run_columns),
+            + markdown_table(
+                summarize_runs(rows, [f"dice_{b}" for b in size_bucket_names(size_thresholds)], "arm", ARMS)
+            ),
+            "## Runs\n\n"
+            + markdown_table([{c: format_value(r[c], c) for c in run_columns} for r in rows], run_columns),
         ]
         write_markdown(output_dir / "results.md", "UNETR: from scratch vs MAE vs AMLP pretraining", command,
                        settings, sections)  # fmt: skip
@@ -469,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         overrides=overrides, size_thresholds=args.size_thresholds, iou_threshold=args.iou_threshold,
         command=command_line("maskseg_monai.experiments.study", argv), progress_bar=args.progress_bar,
     )  # fmt: skip
-    print(markdown_table(summarize_arms(rows, SUMMARY_COLUMNS)))
+    print(markdown_table(summarize_runs(rows, SUMMARY_COLUMNS, "arm", ARMS)))
     print(f"results in {Path(args.output_dir).resolve()}")
     return rows
 

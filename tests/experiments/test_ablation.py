@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskseg_monai.experiments import ablation
 from maskseg_monai.data import BLOOD_CLASSES
+from maskseg_monai.experiments import ablation
 from maskseg_monai.metrics import mps_hit_rates
 from maskseg_monai.networks import AMLPMaskedAutoencoder
 

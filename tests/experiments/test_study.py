@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from maskseg_monai.experiments import study
-from maskseg_monai.experiments import bundle_config_file, read_bundle
+from maskseg_monai.experiments import bundle_config_file, read_bundle, study, summarize_runs
 
 TINY = {
     "hidden_size": 48, "mlp_dim": 96, "num_layers": 4, "num_heads": 4,
@@ -61,12 +60,12 @@ def test_tiny_study_writes_results(tiny_study):
     assert not list(out.glob(".tmp-*"))
 
 
-def test_summarize_arms_mean_and_spread():
+def test_summarize_runs_mean_and_spread():
     rows = [
         {"arm": "mae", "seed": 0, "dice": 0.5}, {"arm": "scratch", "seed": 0, "dice": 0.2},
         {"arm": "mae", "seed": 1, "dice": 0.7}, {"arm": "scratch", "seed": 1, "dice": float("nan")},
     ]  # fmt: skip
-    table = study.summarize_arms(rows, ["dice"])
+    table = summarize_runs(rows, ["dice"], "arm", study.ARMS)
     assert [r["arm"] for r in table] == ["scratch", "mae"]  # ARMS order
     assert table[0] == {"arm": "scratch", "runs": 2, "dice": "0.200"}  # NaN left out, one value: no spread
     assert table[1]["dice"] == "0.600 ± 0.141"

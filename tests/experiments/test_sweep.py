@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from maskseg_monai.experiments import sweep
 from maskseg_monai.data import BLOOD_CLASSES
+from maskseg_monai.experiments import sweep
 
 TINY = {
     "hidden_size": 48,
