@@ -87,11 +87,12 @@ class BadInputError(ValueError):
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the exceptions it was raised from (``__cause__``, else ``__context__``), outermost first."""
+    """``exc`` and the exceptions it was raised from (``__cause__``, else ``__context__`` unless suppressed by
+    ``raise ... from None``), outermost first."""
     chain: list[BaseException] = []
     while exc is not None and exc not in chain:
         chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return chain
 
 

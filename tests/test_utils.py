@@ -39,3 +39,38 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
     assert not target.exists() and not list((tmp_path / "out").iterdir())
     atomic_write(target, lambda tmp: open(tmp, "wb").write(b"ok"))
     assert target.read_bytes() == b"ok" and len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_error_summary_stops_at_raise_from_none():
+    """``raise ... from None`` hides the context: the summary names the file, not the inner library error."""
+    from maskseg_monai.utils import error_summary
+
+    try:
+        try:
+            raise RuntimeError("PytorchStreamReader failed reading zip archive")
+        except RuntimeError:
+            raise RuntimeError("models/ckpt.pt: not a readable checkpoint (truncated?).") from None
+    except RuntimeError as e:
+        assert error_summary(e) == "error: RuntimeError: models/ckpt.pt: not a readable checkpoint (truncated?)."
+
+
+def test_load_datalist_names_the_file(tmp_path):
+    import json
+
+    import pytest
+
+    from maskseg_monai.data import load_datalist
+    from maskseg_monai.utils import BadInputError, error_summary
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(BadInputError, match=r"bad\.json: not valid JSON") as info:
+        load_datalist(bad)
+    assert error_summary(info.value).startswith(f"error: {bad}: not valid JSON")
+    with pytest.raises(BadInputError, match="datalist file not found"):
+        load_datalist(tmp_path / "missing.json")
+    no_key = tmp_path / "no_key.json"
+    no_key.write_text(json.dumps({"training": [{"image": "a.png"}]}))
+    with pytest.raises(BadInputError, match=r"no_key\.json: not a usable datalist"):
+        load_datalist(no_key, "validation")
+    assert load_datalist(no_key) == [{"image": str(tmp_path / "a.png")}]

@@ -8,22 +8,31 @@ from maskseg_monai.data.demo import (
     materialize_demo,
 )
 from maskseg_monai.data.dicom import (
+    DEFAULT_SPACING_TOLERANCE,
     IMAGE_EXTENSIONS,
     SERIES_UID_KEY,
+    DicomSeries,
+    check_dicom_series,
     inference_inputs,
     list_dicom_series,
+    read_resampled_series,
     resolve_dicom_series,
     write_dicom_seg,
 )
 from maskseg_monai.data.manifest import ManifestError, VerificationError, load_manifest, prepare_dataset
 from maskseg_monai.data.synthetic import BLOOD_CLASSES, MIN_SCENE_SIZE, blood_smear_scene
-from maskseg_monai.data.validate import CheckedCacheDataset
+from maskseg_monai.data.validate import CheckedCacheDataset, load_datalist
 
 __all__ = [
+    "DEFAULT_SPACING_TOLERANCE",
+    "DicomSeries",
+    "check_dicom_series",
+    "read_resampled_series",
     "IMAGE_EXTENSIONS",
     "SERIES_UID_KEY",
     "inference_inputs",
     "list_dicom_series",
+    "load_datalist",
     "resolve_dicom_series",
     "write_dicom_seg",
     "BLOOD_CLASSES",

@@ -236,8 +236,8 @@ def load_support(
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: the label is not one channel, its grid differs from the image's, or it holds no pixel of
-            the class (naming the file and the values it does hold).
+        ValueError: the label is not one channel, its grid differs from the image's, it holds no pixel of
+            the class (naming the file and the values it does hold), or no background pixel.
     """
     for what, path in (("support_image", image), ("support_label", label)):
         if not path or not os.path.exists(path):
@@ -259,6 +259,11 @@ def load_support(
         raise ValueError(
             f"{label}: the support label holds {what} (values present: {values[:20]}); one-shot segmentation "
             "needs at least one annotated pixel."
+        )
+    if bool(mask.all()):
+        raise ValueError(
+            f"{label}: the support mask covers the whole image ({mask.numel()} pixels, no background); one-shot "
+            "segmentation needs background pixels to tell the object from. Check the label file and --support_class."
         )
     return img, mask.to(torch.float32)
 

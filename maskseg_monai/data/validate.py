@@ -7,13 +7,38 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monai.data import CacheDataset
+from monai.data import CacheDataset, load_decathlon_datalist
 
 from maskseg_monai.utils import BadInputError, _exception_chain, as_bool, error_summary
 
-__all__ = ["CheckedCacheDataset"]
+__all__ = ["CheckedCacheDataset", "load_datalist"]
 
 logger = logging.getLogger("maskseg_monai.data")
+
+
+def load_datalist(
+    path: str | os.PathLike, data_list_key: str = "training", base_dir: str | os.PathLike | None = None
+) -> list[dict]:
+    """:func:`monai.data.load_decathlon_datalist` (paths resolved against ``base_dir``) with errors that name the
+    file: MONAI raises a bare ``JSONDecodeError`` or ``ValueError`` that does not say which datalist is wrong.
+
+    Args:
+        path: the datalist JSON file.
+        data_list_key: the list to read (``"training"``, ``"validation"``, ``"test"``).
+        base_dir: folder the relative paths are resolved against; defaults to the datalist's folder.
+
+    Raises:
+        BadInputError: naming ``path``: missing or unreadable file, invalid JSON, no list ``data_list_key``.
+    """
+    if not os.path.isfile(path):
+        raise BadInputError(f"{path}: datalist file not found.")
+    try:
+        return load_decathlon_datalist(str(path), True, data_list_key, base_dir)
+    except ValueError as e:  # json.JSONDecodeError is a ValueError too
+        problem = "not valid JSON" if type(e).__name__ == "JSONDecodeError" else "not a usable datalist"
+        raise BadInputError(f"{path}: {problem} ({e}).") from e
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot read the datalist ({e.strerror}).") from e
 
 
 class _BadItem:

@@ -11,12 +11,16 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
 from maskseg_monai.data.dicom import (
+    DEFAULT_SPACING_TOLERANCE,
     SERIES_UID_KEY,
     _candidate_files,
     _read_header,
+    check_dicom_series,
+    read_resampled_series,
     resolve_dicom_series,
     write_dicom_seg,
 )
@@ -43,14 +47,20 @@ class LoadMedicalImaged(MapTransform):
 
     Files go through ``monai.transforms.LoadImage`` with its default reader choice. A folder is read as one DICOM
     series (:func:`resolve_dicom_series` picks it) with ``dicom_reader``; when the folder holds other files too, the
-    series' files are linked into a temporary folder first. The image's ``meta["filename_or_obj"]`` stays the input
-    path and ``meta["dicom_series_uid"]`` holds the series read (``""`` for other inputs), for
+    series' files are linked into a temporary folder first. Before anything is read, the series is checked
+    (:func:`~maskseg_monai.data.check_dicom_series`): a truncated, missing, duplicated or differently oriented slice
+    is an error naming the folder and the files, never a silently shorter volume. The image's
+    ``meta["filename_or_obj"]`` stays the input path and ``meta["dicom_series_uid"]`` holds the series read
+    (``""`` for other inputs), for
     :class:`SaveDicomSegd`.
 
     Args:
         keys: keys of the input paths.
         series_uid: SeriesInstanceUID to read from folders with several series; ``None`` or ``""``: the only one.
         dicom_reader: ``"ITKReader"`` (default) or ``"PydicomReader"``.
+        spacing_tolerance: relative tolerance of the slice gaps of a series. Defaults to 1%, as highdicom's.
+        allow_irregular_spacing: read a series with uneven slice gaps (missing slices) by resampling it onto a
+            regular grid (linear along the normal; logged as a warning) instead of failing. Defaults to False.
         image_only: passed to ``LoadImage``; the metadata stays on the ``MetaTensor`` either way.
         ensure_channel_first: passed to ``LoadImage``.
         allow_missing_keys: do not fail on absent keys.
@@ -66,6 +76,8 @@ class LoadMedicalImaged(MapTransform):
         keys: KeysCollection,
         series_uid: str | None = None,
         dicom_reader: str = "ITKReader",
+        spacing_tolerance: float = DEFAULT_SPACING_TOLERANCE,
+        allow_irregular_spacing: bool = False,
         image_only: bool = True,
         ensure_channel_first: bool = True,
         allow_missing_keys: bool = False,
@@ -76,6 +88,9 @@ class LoadMedicalImaged(MapTransform):
                 f"Unsupported dicom_reader: {dicom_reader}, available options are {SUPPORTED_DICOM_READERS}."
             )
         self.series_uid = str(series_uid) if series_uid not in (None, "") else None
+        self.spacing_tolerance = float(spacing_tolerance)
+        self.allow_irregular_spacing = as_bool(allow_irregular_spacing, "allow_irregular_spacing")
+        self.image_only, self.ensure_channel_first = image_only, ensure_channel_first
         self.load_file = LoadImage(image_only=image_only, ensure_channel_first=ensure_channel_first)
         self.load_dicom = LoadImage(
             reader=dicom_reader, image_only=image_only, ensure_channel_first=ensure_channel_first
@@ -90,7 +105,10 @@ class LoadMedicalImaged(MapTransform):
             img.meta[SERIES_UID_KEY] = ""
             return out
         uid, files = resolve_dicom_series(path, self.series_uid)
-        if set(files) == {p for p in _candidate_files(path, False) if _read_header(p) is not None}:
+        series = check_dicom_series(files, path, self.spacing_tolerance, self.allow_irregular_spacing)
+        if not series.regular:
+            out = self._resampled(series, path)
+        elif set(files) == {p for p in _candidate_files(path, False) if _read_header(p) is not None}:
             out = self.load_dicom(str(path))
         else:  # the folder holds other series or DICOM files: read the selected files only
             with tempfile.TemporaryDirectory(prefix="maskseg-series-") as tmp:
@@ -105,6 +123,24 @@ class LoadMedicalImaged(MapTransform):
         img.meta["filename_or_obj"] = str(path)
         img.meta[SERIES_UID_KEY] = uid
         return out
+
+    def _resampled(self, series: Any, path: Path) -> Any:
+        volume, affine = read_resampled_series(series)
+        logger.warning(
+            f"{path}: slice gaps are uneven (spacing {series.spacing:.3f} mm); resampled {len(series.files)} slices "
+            f"onto a regular grid of {volume.shape[-1]} slices (--allow_irregular_spacing)."
+        )
+        meta = {
+            "affine": torch.as_tensor(affine),
+            "original_affine": torch.as_tensor(affine),
+            "spatial_shape": list(volume.shape),
+            "filename_or_obj": str(path),
+            "original_channel_dim": "no_channel",
+        }
+        img = MetaTensor(torch.from_numpy(volume), affine=torch.as_tensor(affine), meta=meta)
+        if self.ensure_channel_first:
+            img = img[None]
+        return img if self.image_only else (img, img.meta)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -184,3 +184,19 @@ def test_safe_stem():
     for empty in ("", "..", "/", "^^^"):
         stem = safe_stem(empty)
         assert stem.startswith("input_") and len(stem) == 18
+
+
+def test_folder_inputs_take_jpg_and_report_symlink_loops(tmp_path, caplog):
+    from PIL import Image
+
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for name in ("a.jpg", "b.JPEG", "c.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / name)
+    (folder / "loop").symlink_to(folder / "loop")  # a link to itself
+    (folder / "up").symlink_to(folder)  # a link back to its own folder
+    with caplog.at_level("WARNING", logger="maskseg_monai.data"):
+        items = inference_inputs(folder)
+    assert [Path(i["image"]).name for i in items] == ["a.jpg", "b.JPEG", "c.png"]
+    assert f"{folder / 'loop'}: broken or looping symbolic link" in caplog.text
+    assert f"{folder / 'up'}: symbolic link to a folder, not followed" in caplog.text

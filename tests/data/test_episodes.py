@@ -129,3 +129,6 @@ def test_load_support_errors_name_the_file(support_files):
     nib.save(nib.Nifti1Image(np.zeros((32, 32, 2), np.uint8), np.eye(4)), support_files / "two.nii.gz")
     with pytest.raises(ValueError, match="two.nii.gz"):
         load_support(support_files / "s.png", support_files / "two.nii.gz", load_transform())
+    Image.fromarray(np.full((32, 32), 3, np.uint8)).save(support_files / "full_label.png")
+    with pytest.raises(ValueError, match=r"full_label\.png: the support mask covers the whole image"):
+        load_support(support_files / "s.png", support_files / "full_label.png", load_transform())
