@@ -1,6 +1,14 @@
 """Metrics: reconstruction quality (PSNR/SSIM over masked pixels), segmentation of small objects (Dice by
 object size, detection F1) and how well a masking policy hits lesions."""
 
+from maskseg_monai.metrics.baselines import (
+    DEFAULT_SIGMAS,
+    SUPPORTED_FILLS,
+    baseline_fill,
+    choose_sigma,
+    gaussian_fill,
+    visible_mean_fill,
+)
 from maskseg_monai.metrics.masking import mps_hit_rates
 from maskseg_monai.metrics.reconstruction import (
     RECONSTRUCTION_METRICS,
@@ -20,6 +28,12 @@ from maskseg_monai.metrics.segmentation import (
 )
 
 __all__ = [
+    "DEFAULT_SIGMAS",
+    "SUPPORTED_FILLS",
+    "baseline_fill",
+    "choose_sigma",
+    "gaussian_fill",
+    "visible_mean_fill",
     "RECONSTRUCTION_METRICS",
     "ReconstructionMetric",
     "SIZE_THRESHOLDS",
