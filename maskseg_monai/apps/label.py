@@ -24,9 +24,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from maskseg_monai.bundles import BUNDLES_DIR
+
 __all__ = ["BUNDLES_DIR", "find_sample_app", "prepare_label_app", "start_server_command"]
 
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 SAMPLE_APP = "monaibundle"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "logs", "model", "models", "runs", "outputs", "eval")
 

@@ -146,17 +146,17 @@ def train_cell(
         config_file: the bundle's ``train.json``.
         overrides: bundle overrides, e.g. from :func:`run_overrides`.
         progress_bar: keep the per-iteration progress bar (``*ProgressBarHandler`` entries of
-            ``train#handlers``). Defaults to False: the per-epoch log lines remain.
+            ``train#rank0_handlers``). Defaults to False: the per-epoch log lines remain.
 
     Returns:
         the finished workflow (its parser holds the trained ``network``) and
         ``{"steps", "train_loss", "train_seconds"}``.
     """
     workflow = ConfigWorkflow(config_file=str(config_file), workflow_type="train", **dict(overrides))
-    handlers = workflow.parser.get("train#handlers")
+    handlers = workflow.parser.get("train#rank0_handlers")
     if not progress_bar and isinstance(handlers, list):
         is_bar = lambda h: isinstance(h, dict) and str(h.get("_target_", "")).endswith("ProgressBarHandler")  # noqa: E731
-        workflow.parser["train#handlers"] = [h for h in handlers if not is_bar(h)]
+        workflow.parser["train#rank0_handlers"] = [h for h in handlers if not is_bar(h)]
     start = time.perf_counter()
     workflow.initialize()
     workflow.run()

@@ -1,6 +1,6 @@
 """Resuming interrupted training: atomic resume checkpoints, their random-number state, and the loader.
 
-The bundles' ``train#handlers`` start with a :class:`ResumeHandler` and end with an
+The bundles' ``train#handlers`` start with a :class:`ResumeHandler`; their ``train#rank0_handlers`` end with an
 :class:`AtomicCheckpointSaver` whose ``save_dict`` holds the network, optimizer, LR scheduler, AMR scheduler
 (where present), an :class:`RNGState` and (``save_engine_as="trainer"``) the trainer's ignite state (epoch,
 iteration, ``max_epochs``). At the end of every epoch it writes ``models/checkpoint_epoch=N.pt``, keeping the

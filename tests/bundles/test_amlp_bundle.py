@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,16 @@ def test_everything_off_is_mae(tmp_path):
     assert len(losses) == 2 and losses[1] < losses[0]
     model = torch.load(tmp_path / "models" / "model_final.pt", weights_only=True)["model"]
     assert model["mps_step"].item() == 2 * 6
+
+
+def test_fewer_epochs_than_val_interval_still_give_a_model_to_evaluate_and_infer(tmp_path):
+    """``--epochs 2`` with the default ``val_interval`` (5): validation is capped at the last epoch."""
+    log = ok(bundle("run", "training", "--bundle_root", str(tmp_path), "--epochs", "2", *TINY))
+    assert re.search(r"val_psnr_masked: [0-9.]+", log) and (tmp_path / "models" / "model.pt").is_file()
+    ok(bundle("run", "--bundle_root", str(tmp_path), *TINY, configs=("train.json", "evaluate.json")))
+    assert "val_psnr_masked" in (tmp_path / "eval" / "metrics.csv").read_text()
+    (tmp_path / "in").mkdir()
+    Image.fromarray((np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "in" / "b.png")
+    ok(bundle("run", "inference", "--bundle_root", str(tmp_path), "--input_dir", str(tmp_path / "in"), "--amp", "false",
+              *TINY, configs=("train.json", "inference.json")))  # fmt: skip
+    assert (tmp_path / "outputs" / "b_mae.png").is_file()
