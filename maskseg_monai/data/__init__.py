@@ -21,7 +21,7 @@ from maskseg_monai.data.dicom import (
 )
 from maskseg_monai.data.manifest import ManifestError, VerificationError, load_manifest, prepare_dataset
 from maskseg_monai.data.synthetic import BLOOD_CLASSES, MIN_SCENE_SIZE, blood_smear_scene
-from maskseg_monai.data.validate import CheckedCacheDataset, load_datalist
+from maskseg_monai.data.validate import CheckedCacheDataset, datalist_labels, load_datalist
 
 __all__ = [
     "DEFAULT_SPACING_TOLERANCE",
@@ -32,6 +32,7 @@ __all__ = [
     "SERIES_UID_KEY",
     "inference_inputs",
     "list_dicom_series",
+    "datalist_labels",
     "load_datalist",
     "resolve_dicom_series",
     "write_dicom_seg",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -11,9 +12,25 @@ from monai.data import CacheDataset, load_decathlon_datalist
 
 from maskseg_monai.utils import BadInputError, _exception_chain, as_bool, error_summary
 
-__all__ = ["CheckedCacheDataset", "load_datalist"]
+__all__ = ["CheckedCacheDataset", "datalist_labels", "load_datalist"]
 
 logger = logging.getLogger("maskseg_monai.data")
+
+
+def _read_datalist_json(path: str | os.PathLike) -> dict:
+    """The JSON object of a datalist file, or a :class:`~maskseg_monai.utils.BadInputError` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: datalist file not found.") from None
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{path}: not valid JSON ({e}).") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{path}: cannot read the datalist ({e}).") from None
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path}: a datalist must be a JSON object, got {type(data).__name__}.")
+    return data
 
 
 def load_datalist(
@@ -30,15 +47,19 @@ def load_datalist(
     Raises:
         BadInputError: naming ``path``: missing or unreadable file, invalid JSON, no list ``data_list_key``.
     """
-    if not os.path.isfile(path):
-        raise BadInputError(f"{path}: datalist file not found.")
+    _read_datalist_json(path)
     try:
         return load_decathlon_datalist(str(path), True, data_list_key, base_dir)
-    except ValueError as e:  # json.JSONDecodeError is a ValueError too
-        problem = "not valid JSON" if type(e).__name__ == "JSONDecodeError" else "not a usable datalist"
-        raise BadInputError(f"{path}: {problem} ({e}).") from e
-    except OSError as e:
-        raise BadInputError(f"{path}: cannot read the datalist ({e.strerror}).") from e
+    except ValueError as e:
+        raise BadInputError(f"{path}: not a usable datalist ({e}).") from None
+
+
+def datalist_labels(path: str | os.PathLike) -> dict:
+    """The ``labels`` table (``{"1": "nucleus", ...}``) of a datalist, ``{}`` when it has none; errors name the file."""
+    labels = _read_datalist_json(path).get("labels", {})
+    if not isinstance(labels, dict):
+        raise BadInputError(f"{path}: 'labels' must be an object mapping label values to names.")
+    return labels
 
 
 class _BadItem:

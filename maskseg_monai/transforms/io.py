@@ -131,7 +131,6 @@ class LoadMedicalImaged(MapTransform):
             f"onto a regular grid of {volume.shape[-1]} slices (--allow_irregular_spacing)."
         )
         meta = {
-            "affine": torch.as_tensor(affine),
             "original_affine": torch.as_tensor(affine),
             "spatial_shape": list(volume.shape),
             "filename_or_obj": str(path),

@@ -24,6 +24,7 @@ import pydicom
 import pytest
 import torch
 from bundle_cli import REPO, TINY, run_bundle
+from conftest import write_mni_series
 from monai.bundle import ConfigParser
 from PIL import Image
 
@@ -78,6 +79,9 @@ def data(tmp_path_factory) -> Path:
         ds.SOPInstanceUID = f"{ds.SeriesInstanceUID}.{p.name}"
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(two / f"other_{p.name}")
+    missing = d / "mni_missing_slice"  # the MNI template as an 8 mm MR series, one middle slice removed
+    files = write_mni_series(missing, step=8)
+    files[len(files) // 2].unlink()
     return d
 
 
@@ -132,6 +136,15 @@ def infer(name: str, *extra: str) -> Callable[[Path, Path], list[str]]:
     return setup
 
 
+def train_bad_datalist() -> Callable[[Path, Path], list[str]]:
+    def setup(root: Path, data: Path) -> list[str]:
+        path = root / "datalist.json"
+        path.write_text('{"training": [{"image": "img0.png"},]}')  # a trailing comma: not JSON
+        return ["run", "training", "--datalist", str(path), "--epochs", "1"]
+
+    return setup
+
+
 def evaluate(images: list[str], labels: list[str]) -> Callable[[Path, Path], list[str]]:
     def setup(root: Path, data: Path) -> list[str]:
         path = root / "datalist.json"
@@ -169,6 +182,7 @@ CASES = [
          r"lab255\.png: label values \[0, 255\] outside the class range 0\.\.1 \(out_channels=2\)"),
     Case("shape-mismatch", "unetr_seg", "training", train(GOOD, [*LABELS[:2], "lab_small.png"]),
          r"img2\.png, \S*lab_small\.png: image and label shapes differ \(spatial \(64, 64\) vs \(48, 48\)\)"),
+    Case("invalid-datalist-json", "mae", "training", train_bad_datalist(), r"datalist\.json: not valid JSON"),
     Case("constant-image", "mae", "training", train(["constant.png", *GOOD]), ACCEPTED),
     Case("smaller-than-roi", "amlp", "training", train(["small.png", *GOOD]), ACCEPTED),
     Case("skip-bad-files", "amlp", "training", train([*GOOD, "trunc.nii.gz", "nan.nii.gz"], None,
@@ -181,6 +195,12 @@ CASES = [
     # inference: inputs from --input_dir; the checkpoint is loaded before the first input
     Case("dicom-two-series", "unetr_seg", "inference", infer("two_series", *D3),
          r"two_series: holds 2 DICOM series: .*Pass --series_uid", checkpoint=D3),
+    Case("dicom-missing-slice", "unetr_seg", "inference", infer("mni_missing_slice", *D3),
+         r"mni_missing_slice: slices are not evenly spaced \(spacing 8\.000 mm, tolerance 1%\): 16\.000 mm between "
+         r"slice_011\.dcm \(88\.000 mm\) and slice_013\.dcm \(104\.000 mm\), about 1 slice\(s\) missing", checkpoint=D3),
+    Case("dicom-missing-slice-allowed", "unetr_seg", "inference",
+         infer("mni_missing_slice", *D3, "--allow_irregular_spacing", "true"), ACCEPTED, checkpoint=D3,
+         accepted_log=r"resampled 23 slices onto a regular grid of 24 slices"),
     Case("truncated-nifti", "unetr_seg", "inference", infer("trunc3d.nii.gz", *D3),
          r"trunc3d\.nii\.gz: cannot read the image \(EOFError", checkpoint=D3),
     Case("non-image-png", "mae", "inference", infer("fake.png"), r"fake\.png: cannot read the image \(", checkpoint=()),
