@@ -174,7 +174,7 @@ def build(case: Case, model: str, device: torch.device) -> tuple[torch.nn.Module
         # MPS on every image (mps_prob 1) and the CCL-head rule from the first step (mps_warmup 0);
         # ARL and CCL with the amlp bundle's defaults.
         net = AMLPMaskedAutoencoder(**kwargs, use_mps=True, mps_warmup=0, mps_prob=1.0, mps_lesion_rule="head")
-        if not (net.use_mps and net.mps_prob == 1.0 and net.mps_warmup == 0):
+        if not (net.use_mps and net.masking.prob == 1.0 and net.masking.warmup == 0):
             raise RuntimeError("AMLP benchmark expects MPS active on every image from the first step.")
         loss = AMLPLoss(case.patch_size, arl_gamma=1.0, arl_weight=1.0, ccl_weight=0.1)
         return net.to(device), lambda out, image, label: loss(out, image)

@@ -232,12 +232,11 @@ def evaluate_mps(
         with torch.random.fork_rng(devices=gpus):
             torch.manual_seed(seed)
             for x, y in iter_batches(images, labels, batch_size, device):
-                out = network(x).float()
-                c = x.shape[1]
-                masks.append(image_mask_to_patches(split_mae_output(out, c)[1], net.patch_size))
+                out = split_mae_output(network(x).float(), x.shape[1], getattr(net, "output_extras", ()))
+                masks.append(image_mask_to_patches(out.mask, net.patch_size))
                 lesions.append(lesion_patches(y, lesion_classes, net.patch_size))
-                if as_bool(getattr(net, "use_mps", False)) and out.shape[1] >= c + 3:
-                    categories.append(image_mask_to_patches(out[:, c + 2 : c + 3], net.patch_size))
+                if as_bool(getattr(net, "use_mps", False)) and "category" in out.extras:
+                    categories.append(image_mask_to_patches(out.extras["category"], net.patch_size))
     finally:
         net.mask_ratio = previous
     return mps_hit_rates(torch.cat(masks), torch.cat(lesions), torch.cat(categories) if categories else None)

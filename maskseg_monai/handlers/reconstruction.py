@@ -58,7 +58,8 @@ class ReconstructionSaver:
         output_dir: folder of the outputs (created if needed).
         patch_size: the network's patch size.
         norm_pix_loss: whether the network predicts per-patch normalised pixels.
-        mps_channel: index of the MPS category map in the network output (AMLP: ``in_channels + 2``).
+        mps_channel: index of the MPS category map in the network output; for AMLP
+            ``maskseg_monai.masking.extra_channel(in_channels, "category")`` (``in_channels + 2``).
     """
 
     def __init__(

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from maskseg_monai.losses.reconstruction import MaskedReconstructionLoss, _masked_mean
+from maskseg_monai.masking.outputs import AMLP_EXTRAS, split_mae_output
 from maskseg_monai.masking.patches import patchify
 
 __all__ = ["arl_weights", "AMLPLoss"]
@@ -44,9 +45,9 @@ class AMLPLoss(MaskedReconstructionLoss):
     or among its top ``ccl_top_q`` fraction (``"top_q"``), over masked patches. CCL never back-propagates
     into the reconstruction errors. With ``arl_weight=0`` and ``ccl_weight=0`` this is the MAE loss.
 
-    The input is the output of :class:`~maskseg_monai.networks.AMLPMaskedAutoencoder`,
-    ``[B, C + 3, *spatial]``; the target is the image ``[B, C, *spatial]``. The last call's terms are kept
-    in ``self.terms`` (detached) for logging.
+    The input is the output of :class:`~maskseg_monai.networks.AMLPMaskedAutoencoder`, ``[B, C + 3, *spatial]``
+    (its extra maps are :data:`~maskseg_monai.masking.AMLP_EXTRAS`, read by name); the target is the image
+    ``[B, C, *spatial]``. The last call's terms are kept in ``self.terms`` (detached) for logging.
 
     Args:
         patch_size: the network's patch size.
@@ -115,12 +116,16 @@ class AMLPLoss(MaskedReconstructionLoss):
             scalar loss (float32).
         """
         c = target.shape[1]
-        if input.shape[1] < c + 2:
-            raise ValueError(f"AMLPLoss needs the lesion logit map at channel {c + 1}, got {input.shape[1]} channels.")
+        if input.shape[1] < c + 1 + len(AMLP_EXTRAS):
+            raise ValueError(
+                f"AMLPLoss needs AMLP's output [B, {c} + 1 + {len(AMLP_EXTRAS)}, *spatial] with the lesion logit map "
+                f"({', '.join(AMLP_EXTRAS)} after the mask), got {input.shape[1]} channels."
+            )
         errors, mask = self.per_patch(input, target)
         plain = errors.mean() if self.region == "all" else (errors * mask).sum() / mask.sum().clamp_min(1.0)
         arl = _masked_mean(arl_weights(errors, mask, self.arl_gamma) * errors, mask).mean()
-        lesion_logits = patchify(input[:, c + 1 : c + 2], self.patch_size).mean(-1)
+        lesion_map = split_mae_output(input, c, AMLP_EXTRAS).extras["lesion_logits"]
+        lesion_logits = patchify(lesion_map, self.patch_size).mean(-1)
         ccl = self.category_consistency(lesion_logits, errors, mask)
         loss = (1 - self.arl_weight) * plain + self.arl_weight * arl + self.ccl_weight * ccl
         self.terms = {"plain": plain.detach(), "arl": arl.detach(), "ccl": ccl.detach()}

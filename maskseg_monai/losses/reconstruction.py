@@ -56,7 +56,7 @@ class MaskedReconstructionLoss(_Loss):
 
     def per_patch(self, input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-patch loss ``[B, L]`` (float32) and patch mask ``[B, L]`` of a network output and its target image."""
-        recon, pixel_mask = split_mae_output(input, target.shape[1])
+        recon, pixel_mask, _ = split_mae_output(input, target.shape[1])
         if recon.shape != target.shape:
             raise ValueError(f"reconstruction {tuple(recon.shape)} and target {tuple(target.shape)} differ in shape.")
         loss = per_patch_mse(

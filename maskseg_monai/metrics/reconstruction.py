@@ -42,7 +42,7 @@ def reconstruct_image(
         ``recon [B, C, *spatial]`` (the raw prediction everywhere, in intensities), ``pasted`` (the input
         where visible, the prediction where masked) and the pixel mask ``[B, 1, *spatial]``, all float32.
     """
-    pred, pixel_mask = split_mae_output(output.float(), images.shape[1])
+    pred, pixel_mask, _ = split_mae_output(output.float(), images.shape[1])
     if pred.shape != images.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and images {tuple(images.shape)} differ in shape.")
     recon = pred

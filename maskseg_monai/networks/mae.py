@@ -1,4 +1,4 @@
-"""Masked autoencoder with a ViT encoder, any patch size, 2D/3D, caller-chosen masks."""
+"""Masked autoencoder with a ViT encoder, any patch size, 2D/3D, a pluggable masking policy or caller-chosen masks."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
-from maskseg_monai.masking.masks import generate_patch_mask, mask_from_scores
+from maskseg_monai.masking.masks import PatchMask, generate_patch_mask, mask_from_scores
 from maskseg_monai.masking.outputs import merge_mae_output
 from maskseg_monai.masking.patches import unpatchify
+from maskseg_monai.masking.policies import MaskingPolicy, get_masking_policy
 from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder, check_embed_dim, transformer_blocks
 from maskseg_monai.utils import as_bool, atomic_torch_save
 
@@ -21,12 +22,15 @@ __all__ = ["MaskedAutoencoderViT", "export_encoder"]
 
 class MaskedAutoencoderViT(nn.Module):
     """Masked autoencoder (He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022)
-    for small objects: the patch size and mask ratio are free, masks may come from the caller.
+    for small objects: the patch size and mask ratio are free, the masking policy is pluggable, masks may come
+    from the caller.
 
-    Unlike :class:`monai.networks.nets.MaskedAutoEncoderViT`, the masking runs on the input's device
-    with no host sync, the caller may pass masking ``scores`` (highest masked first, as AMLP needs) or
-    a ready mask, the forward pass works under ``torch.autocast(dtype=torch.bfloat16)``, and the
-    encoder (:class:`ViTEncoder`, key layout of MONAI's ``ViT``) exports to UNETR.
+    Unlike :class:`monai.networks.nets.MaskedAutoEncoderViT`, the masking runs on the input's device (with no
+    host sync when the policy chooses; a caller's ``mask`` is checked on the host), a
+    :class:`~maskseg_monai.masking.MaskingPolicy` scores the patches (``masking="random"`` is MAE's uniform
+    masking; see :mod:`maskseg_monai.masking.policies`), the caller may instead pass masking ``scores``
+    (highest masked first) or a ready mask, the forward pass works under ``torch.autocast(dtype=torch.bfloat16)``,
+    and the encoder (:class:`ViTEncoder`, key layout of MONAI's ``ViT``) exports to UNETR.
 
     Args:
         in_channels: number of image channels.
@@ -44,6 +48,13 @@ class MaskedAutoencoderViT(nn.Module):
         spatial_dims: 2 or 3. Defaults to 3.
         qkv_bias: bias on the qkv projections. Defaults to True.
         use_flash_attention: fused scaled-dot-product attention. Defaults to True.
+        masking: the masking policy: a name in :data:`~maskseg_monai.masking.SUPPORTED_MASKING` or a
+            :class:`~maskseg_monai.masking.MaskingPolicy` (in a config, ``{"_target_": ...}``). Defaults to
+            ``"random"``.
+
+    Raises:
+        ValueError: on an unknown ``masking`` name, or a policy that needs ``aux`` inputs this network does
+            not give (``masking_aux``) or was built for another patch size.
 
     Example::
 
@@ -56,6 +67,11 @@ class MaskedAutoencoderViT(nn.Module):
         >>> pred.shape, mask.shape
         (torch.Size([2, 16, 64]), torch.Size([2, 16]))
     """
+
+    #: names of the extra output maps after the pixel mask, in channel order (see ``masking/outputs.py``).
+    output_extras: tuple[str, ...] = ()
+    #: the ``aux`` inputs this network gives its masking policy.
+    masking_aux: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -74,6 +90,7 @@ class MaskedAutoencoderViT(nn.Module):
         spatial_dims: int = 3,
         qkv_bias: bool = True,
         use_flash_attention: bool = True,
+        masking: str | MaskingPolicy = "random",
     ) -> None:
         super().__init__()
         use_flash_attention = as_bool(use_flash_attention, "use_flash_attention")
@@ -108,6 +125,18 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_hidden_size)
         self.decoder_pred = nn.Linear(decoder_hidden_size, math.prod(self.patch_size) * in_channels)
         self._init_weights()
+        self.masking = self._check_masking(get_masking_policy(masking))  # after _init_weights: keeps its own init
+
+    def _check_masking(self, policy: MaskingPolicy) -> MaskingPolicy:
+        missing = [k for k in policy.required_aux if k not in self.masking_aux]
+        if missing:
+            raise ValueError(
+                f"{type(policy).__name__} needs the aux inputs {missing}, which {type(self).__name__} does not give "
+                f"(it gives {list(self.masking_aux)}); configure the policy without them (MPSMasking: "
+                "lesion_rule='smallest') or use a network that gives them (AMLPMaskedAutoencoder)."
+            )
+        policy.check_grid(self.encoder.grid_size, self.patch_size)
+        return policy
 
     @property
     def mask_ratio(self) -> float:
@@ -160,25 +189,36 @@ class MaskedAutoencoderViT(nn.Module):
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))
 
-    def forward_patches(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, scores: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask, encode the visible patches, and predict the pixels of every patch, as tokens.
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Detached patch projection (without position embedding), ``[B, L, hidden_size]`` float32."""
+        with torch.no_grad():
+            return self.encoder.patch_embedding.patch_embeddings(x).flatten(2).transpose(1, 2).float()
+
+    def select_mask(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        aux: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[PatchMask, dict[str, torch.Tensor]]:
+        """Choose the patch mask of a batch: the caller's ``mask``, else the caller's ``scores``, else the policy's.
 
         Args:
-            x: images ``[B, C, *img_size]``.
+            x: images ``[B, C, *img_size]`` (already checked).
             mask: optional ``[B, L]`` patch mask (1 = masked) with the same count in every sample.
             scores: optional ``[B, L]`` masking priority (highest masked first) at ``self.mask_ratio``.
-                Without ``mask`` and ``scores`` patches are masked uniformly at random.
+            tokens: optional ``[B, L, hidden_size]`` patch projections for the policy (from :meth:`patch_tokens`);
+                computed here when the policy ``requires_tokens`` and none are given.
+            aux: the policy's auxiliary inputs (``masking_aux``).
 
         Returns:
-            predictions ``[B, L, prod(patch_size) * C]`` (values ordered as :func:`~maskseg_monai.masking.patchify`)
-            and the patch mask ``[B, L]`` that was applied.
+            the :class:`~maskseg_monai.masking.PatchMask` and the policy's per-patch maps ``[B, L]`` by name
+            (empty when ``mask`` or ``scores`` bypass the policy).
 
         Raises:
-            ValueError: on a wrong input shape, or when both ``mask`` and ``scores`` are given.
+            ValueError: when both ``mask`` and ``scores`` are given, or on a mask of the wrong shape or counts.
         """
-        self.encoder.check_input(x)
         b, n = x.shape[0], self.num_patches
         if mask is not None:
             if scores is not None:
@@ -189,11 +229,42 @@ class MaskedAutoencoderViT(nn.Module):
             if not bool((counts == counts[0]).all()) or not 0 < int(counts[0]) < n:
                 raise ValueError(f"every sample must mask the same number of patches (1 to {n - 1}), got {counts}.")
             # a stable sort of the mask itself reproduces it exactly
-            patch_mask = mask_from_scores(mask.to(x.device), int(counts[0]))
-        else:
-            patch_mask = generate_patch_mask(b, n, self.mask_ratio, scores=scores, device=x.device)
+            return mask_from_scores(mask.to(x.device), int(counts[0])), {}
+        maps: dict[str, torch.Tensor] = {}
+        if scores is None:
+            if tokens is None:  # the policy gets the projection if it asks for it, else a [B, L, 0] placeholder
+                tokens = self.patch_tokens(x) if self.masking.requires_tokens else x.new_empty((b, n, 0))
+            with torch.no_grad():
+                chosen = self.masking(x, tokens, aux)
+            scores, maps = (chosen, {}) if isinstance(chosen, torch.Tensor) else chosen
+        return generate_patch_mask(b, n, self.mask_ratio, scores=scores, device=x.device), maps
+
+    def forward_masked(self, x: torch.Tensor, patch_mask: PatchMask) -> torch.Tensor:
+        """Encode the visible patches of ``x`` ``[B, C, *img_size]`` and predict every patch ``[B, L, P]``."""
         latent, _ = self.encoder(x, ids_keep=patch_mask.ids_keep)
-        return self.forward_decoder(latent, patch_mask.ids_restore), patch_mask.mask
+        return self.forward_decoder(latent, patch_mask.ids_restore)
+
+    def forward_patches(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, scores: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask, encode the visible patches, and predict the pixels of every patch, as tokens.
+
+        Args:
+            x: images ``[B, C, *img_size]``.
+            mask: optional ``[B, L]`` patch mask (1 = masked) with the same count in every sample.
+            scores: optional ``[B, L]`` masking priority (highest masked first) at ``self.mask_ratio``.
+                Without ``mask`` and ``scores`` the masking policy (``self.masking``) scores the patches.
+
+        Returns:
+            predictions ``[B, L, prod(patch_size) * C]`` (values ordered as :func:`~maskseg_monai.masking.patchify`)
+            and the patch mask ``[B, L]`` that was applied.
+
+        Raises:
+            ValueError: on a wrong input shape, or when both ``mask`` and ``scores`` are given.
+        """
+        self.encoder.check_input(x)
+        patch_mask, _ = self.select_mask(x, mask, scores)
+        return self.forward_masked(x, patch_mask), patch_mask.mask
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, scores: torch.Tensor | None = None
@@ -208,7 +279,8 @@ class MaskedAutoencoderViT(nn.Module):
         Returns:
             ``[B, C + 1, *img_size]``: the predicted image (every pixel, in per-patch normalised units
             when trained with ``norm_pix_loss``) followed by the pixel mask (1 = masked); see
-            :func:`~maskseg_monai.masking.split_mae_output`.
+            :func:`~maskseg_monai.masking.split_mae_output`. Subclasses append the maps named in
+            ``output_extras``.
         """
         pred, mask = self.forward_patches(x, mask=mask, scores=scores)
         return merge_mae_output(pred, mask, self.patch_size, self.img_size, self.encoder.in_channels)

@@ -9,7 +9,7 @@ from ignite.engine import Engine, Events
 from PIL import Image
 
 from maskseg_monai.handlers import MaskRatioScheduler, ReconstructionSaver
-from maskseg_monai.masking import merge_mae_output, patchify
+from maskseg_monai.masking import extra_channel, merge_mae_output, patchify
 
 
 class Holder(torch.nn.Module):
@@ -69,12 +69,12 @@ def test_reconstruction_saver_writes_named_panels(tmp_path, spatial_dims):
     img = torch.rand(1, 1, *(16,) * spatial_dims)
     mask = torch.zeros(1, 4**spatial_dims)
     mask[0, ::2] = 1
-    out = merge_mae_output(patchify(img, 4), mask, 4, img.shape[2:], 1)
-    out = torch.cat([out, torch.zeros_like(out[:, :1]), torch.ones_like(out[:, :1])], 1)  # logit, MPS category
+    extras = {"lesion_logits": torch.zeros_like(mask), "category": torch.ones_like(mask)}
+    out = merge_mae_output(patchify(img, 4), mask, 4, img.shape[2:], 1, extras)
     image = MetaTensor(img[0], meta={"filename_or_obj": "/data/../evil/scan 01.nii.gz", "affine": torch.eye(4)})
     engine = Engine(lambda e, b: None)
     engine.state.output = [{"image": image, "pred": out[0]}]
-    saver = ReconstructionSaver(str(tmp_path), 4, mps_channel=3)
+    saver = ReconstructionSaver(str(tmp_path), 4, mps_channel=extra_channel(1, "category"))
     saver(engine)
     names = sorted(p.name for p in tmp_path.iterdir())
     expected = ["scan_01_mae.png"] + (["scan_01_recon.nii.gz"] if spatial_dims == 3 else [])

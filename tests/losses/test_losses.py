@@ -56,11 +56,9 @@ def test_per_patch_mse_shape_and_errors():
 
 
 def amlp_output(pred, mask, img, logits):
-    from maskseg_monai.masking import patch_mask_to_image
-
-    out = as_output(pred, mask, img)
-    spatial = img.shape[2:]
-    return torch.cat([out, patch_mask_to_image(logits, 4, spatial), torch.zeros_like(out[:, :1])], 1)
+    """AMLP-style output [B, C + 3, *spatial]: the lesion logit map, then an empty category map."""
+    extras = {"lesion_logits": logits, "category": torch.zeros_like(mask)}
+    return merge_mae_output(pred, mask, 4, img.shape[2:], img.shape[1], extras)
 
 
 def test_arl_weights_nonnegative_normalised_detached():

@@ -36,7 +36,8 @@ def test_shapes(spatial_dims, patch):
     assert net.unpatchify(pred).shape == x.shape
     out = net(x)
     assert out.shape == (2, 3, *x.shape[2:])
-    recon, pixel_mask = split_mae_output(out, 2)
+    recon, pixel_mask, extras = split_mae_output(out, 2)
+    assert recon.shape == x.shape and extras == {}
     assert set(pixel_mask.unique().tolist()) == {0.0, 1.0}
     assert pixel_mask.mean().item() == pytest.approx(0.5)
 
@@ -51,7 +52,7 @@ def test_external_mask_and_scores(spatial_dims):
     mask[1, -3:] = 1
     pred, used = net.forward_patches(x, mask=mask)
     assert torch.equal(used, mask)
-    assert torch.equal(image_mask_to_patches(split_mae_output(net(x, mask=mask), 2)[1], 4), mask)
+    assert torch.equal(image_mask_to_patches(split_mae_output(net(x, mask=mask), 2).mask, 4), mask)
     scores = torch.zeros(2, n)
     scores[:, 1] = 1
     _, used = net.forward_patches(x, scores=scores)
@@ -61,6 +62,18 @@ def test_external_mask_and_scores(spatial_dims):
     x2[(slice(None), slice(None), *[slice(0, 4)] * spatial_dims)] = 5.0  # patch 0 is masked in sample 0 only
     p2, _ = net.forward_patches(x2, mask=mask)
     assert torch.allclose(p2[0], pred[0], atol=1e-5) and not torch.allclose(p2[1], pred[1], atol=1e-3)
+
+
+def test_metatensor_input():
+    """Bundles feed MONAI MetaTensors; the policy path handles them like plain tensors."""
+    from monai.data import MetaTensor
+
+    net = make(2).eval()
+    x = torch.rand(2, 2, 16, 16)
+    torch.manual_seed(3)
+    out = net(MetaTensor(x))
+    torch.manual_seed(3)
+    assert torch.equal(torch.as_tensor(out), net(x))
 
 
 def test_ill_args():
