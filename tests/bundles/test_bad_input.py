@@ -197,7 +197,8 @@ CASES = [
          r"two_series: holds 2 DICOM series: .*Pass --series_uid", checkpoint=D3),
     Case("dicom-missing-slice", "unetr_seg", "inference", infer("mni_missing_slice", *D3),
          r"mni_missing_slice: slices are not evenly spaced \(spacing 8\.000 mm, tolerance 1%\): 16\.000 mm between "
-         r"slice_011\.dcm \(88\.000 mm\) and slice_013\.dcm \(104\.000 mm\), about 1 slice\(s\) missing", checkpoint=D3),
+         r"slice_011\.dcm \(88\.000 mm\) and slice_013\.dcm \(104\.000 mm\), about 1 slice\(s\) missing",
+         checkpoint=D3),
     Case("dicom-missing-slice-allowed", "unetr_seg", "inference",
          infer("mni_missing_slice", *D3, "--allow_irregular_spacing", "true"), ACCEPTED, checkpoint=D3,
          accepted_log=r"resampled 23 slices onto a regular grid of 24 slices"),
