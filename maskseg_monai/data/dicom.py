@@ -11,6 +11,7 @@ never from DICOM tag values, and log messages name only those sanitised names.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ import pydicom
 import torch
 from pydicom.errors import InvalidDicomError
 
-from maskseg_monai.utils import BadInputError, atomic_write
+from maskseg_monai.utils import BadInputError, atomic_write, output_stem, safe_stem
 
 __all__ = [
     "DEFAULT_SPACING_TOLERANCE",
@@ -32,6 +33,7 @@ __all__ = [
     "check_dicom_series",
     "read_resampled_series",
     "list_dicom_series",
+    "output_names",
     "resolve_dicom_series",
     "inference_inputs",
     "write_dicom_seg",
@@ -334,7 +336,8 @@ def inference_inputs(path: str | os.PathLike, key: str = "image") -> list[dict[s
 
     ``path`` may be a single image file, a DICOM series folder, or a folder of image files (``IMAGE_EXTENSIONS``,
     not recursive) and/or of DICOM series folders (found at any depth). Each DICOM folder is one input;
-    :class:`LoadMedicalImaged` picks its series. Symbolic links to folders are not followed, and a broken or looping
+    :class:`LoadMedicalImaged` picks its series. Each item also holds ``"name"``, its collision-free output stem
+    (:func:`output_names`). Symbolic links to folders are not followed, and a broken or looping
     link is reported as a warning naming it.
 
     Raises:
@@ -343,7 +346,7 @@ def inference_inputs(path: str | os.PathLike, key: str = "image") -> list[dict[s
     """
     path = Path(path)
     if path.is_file():
-        return [{key: str(path)}]
+        return [{key: str(path), "name": output_names([path])[0]}]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder.")
     images = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS))
@@ -361,7 +364,36 @@ def inference_inputs(path: str | os.PathLike, key: str = "image") -> list[dict[s
         raise ValueError(
             f"{path}: no input found: expected image files ({', '.join(IMAGE_EXTENSIONS)}) or DICOM series folders."
         )
-    return [{key: str(p)} for p in images + dicom_dirs]
+    inputs = images + dicom_dirs
+    return [{key: str(p), "name": n} for p, n in zip(inputs, output_names(inputs, path))]
+
+
+def output_names(inputs: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
+    """Collision-free output stems for the inputs of one run.
+
+    Each input's stem is its path relative to ``root`` (``p1/series`` -> ``p1_series``; a file loses its image
+    extension), sanitised by :func:`~maskseg_monai.utils.safe_stem`; the input itself when it is ``root``. Stems
+    that still coincide (case-insensitively, as on macOS and Windows file systems: ``scan ß.png``, ``scan ü.png``
+    and ``scan_.png`` all give ``scan``) each get ``_`` and the first 8 hex digits of the SHA-256 of their relative
+    path, so every name is stable from run to run and no output overwrites another.
+
+    Example:
+        >>> output_names(["in/a.png", "in/p1/series", "in/p2/series"], "in")
+        ['a', 'p1_series', 'p2_series']
+    """
+    rels = []
+    for p in inputs:
+        p = Path(p)
+        rel = p.relative_to(root) if root is not None and p != Path(root) and Path(root) in p.parents else p.name
+        rels.append(str(rel))
+    stems = [safe_stem(str(Path(r).parent / output_stem(r))) for r in rels]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+    return [
+        f"{stem}_{hashlib.sha256(rel.encode('utf-8')).hexdigest()[:8]}" if counts[stem.lower()] > 1 else stem
+        for stem, rel in zip(stems, rels)
+    ]
 
 
 def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:

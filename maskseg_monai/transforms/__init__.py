@@ -1,7 +1,7 @@
 """Transforms of the bundles: checked loading, medical-image I/O (NIfTI, DICOM series, DICOM SEG), superpixels."""
 
 from maskseg_monai.transforms.checks import CheckedLoadImaged, CheckImaged, CheckLabeld
-from maskseg_monai.transforms.io import SUPPORTED_DICOM_READERS, LoadMedicalImaged, SaveDicomSegd, output_name_formatter
+from maskseg_monai.transforms.io import SUPPORTED_DICOM_READERS, LoadMedicalImaged, SaveSegmentationd
 from maskseg_monai.transforms.superpixel import SUPPORTED_SUPERPIXELS, SuperpixelLabeld
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "LoadMedicalImaged",
     "SUPPORTED_DICOM_READERS",
     "SUPPORTED_SUPERPIXELS",
-    "SaveDicomSegd",
+    "SaveSegmentationd",
     "SuperpixelLabeld",
-    "output_name_formatter",
 ]

@@ -1,18 +1,21 @@
-"""Medical-image I/O transforms: ``LoadMedicalImaged`` (files, NIfTI, DICOM series folders) and ``SaveDicomSegd``."""
+"""Medical-image I/O transforms: ``LoadMedicalImaged`` (files, NIfTI, DICOM series folders) and
+``SaveSegmentationd`` (label maps and DICOM SEG, all outputs of an input or none)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import LoadImage, MapTransform, SaveImage
 
 from maskseg_monai.data.dicom import (
     DEFAULT_SPACING_TOLERANCE,
@@ -24,22 +27,14 @@ from maskseg_monai.data.dicom import (
     resolve_dicom_series,
     write_dicom_seg,
 )
-from maskseg_monai.utils import BadInputError, as_bool, output_stem
+from maskseg_monai.utils import BadInputError, as_bool, output_stem, safe_stem
 
-__all__ = ["SUPPORTED_DICOM_READERS", "output_name_formatter", "LoadMedicalImaged", "SaveDicomSegd"]
+__all__ = ["SUPPORTED_DICOM_READERS", "LoadMedicalImaged", "SaveSegmentationd"]
 
 logger = logging.getLogger("maskseg_monai.transforms")
 
 
 SUPPORTED_DICOM_READERS = ("ITKReader", "PydicomReader")
-
-
-def output_name_formatter(metadict: Mapping | None, saver: Any) -> dict:
-    """``SaveImaged(output_name_formatter=...)``: name outputs ``<output_stem(input)>_<postfix><ext>``."""
-    subject = (metadict or {}).get("filename_or_obj", "") or f"image_{getattr(saver, '_data_index', 0)}"
-    patch_index = (metadict or {}).get("patch_index")
-    # MONAI's create_file_basename drops one extension: give it a dummy one so dots in the stem survive
-    return {"subject": f"{output_stem(subject)}.in", "idx": patch_index}
 
 
 class LoadMedicalImaged(MapTransform):
@@ -162,20 +157,31 @@ class LoadMedicalImaged(MapTransform):
         return d
 
 
-class SaveDicomSegd(MapTransform):
-    """Write a DICOM SEG beside ``SaveImaged``'s output for predictions of DICOM series inputs.
+class SaveSegmentationd(MapTransform):
+    """Write every output of one input, or none: the label map and, for a DICOM series input, its DICOM SEG.
 
-    Place it after ``AsDiscreted(argmax=True)`` and ``SaveImaged``. Predictions of other inputs (no
-    ``meta["dicom_series_uid"]``, set by :class:`LoadMedicalImaged`) pass through. The file is
-    ``output_dir/<output_stem(input)>_<output_postfix>.dcm``; an all-background prediction writes nothing and logs
-    a warning.
+    The label map is written with MONAI's :class:`~monai.transforms.SaveImage` (PNG for 2D, NIfTI with the input's
+    affine for 3D) and the SEG with :func:`~maskseg_monai.data.write_dicom_seg`, both into a temporary folder inside
+    ``output_dir``; only when both are written are they renamed into ``output_dir``. A failure leaves neither and
+    raises an error naming the input. MONAI's ``SaveImaged`` followed by a SEG writer would leave the NIfTI of an
+    input whose SEG failed.
+
+    Names are ``<stem>_<output_postfix><ext>`` and ``<stem>_<output_postfix>.dcm``, the stem being the item's
+    ``name_key`` entry (the collision-free names of :func:`~maskseg_monai.data.inference_inputs`) or else
+    :func:`~maskseg_monai.utils.output_stem` of the input. A stem written twice in one run is an error, never an
+    overwrite. An all-background prediction of a DICOM input writes no SEG (a SEG needs a segment) and logs a
+    warning.
 
     Args:
-        keys: keys of the label maps ``[1, X, Y, Z]`` (MetaTensor with the input's metadata).
-        output_dir: output folder.
-        output_postfix: appended to the input's name.
-        enabled: write at all; strings such as ``"false"`` are read with :func:`maskseg_monai.utils.as_bool`.
-        segment_names: ``{label: name}`` for the segments.
+        keys: keys of the label maps ``[1, *spatial]`` (MetaTensor with the input's metadata).
+        output_dir: output folder (created).
+        output_postfix: appended to the stem. Defaults to ``"seg"``.
+        output_ext: extension of the label map (``".png"``, ``".nii.gz"``).
+        output_dtype: data type of the label map. Defaults to uint8.
+        dicom_seg: also write a DICOM SEG for DICOM series inputs; strings such as ``"false"`` are read with
+            :func:`~maskseg_monai.utils.as_bool`.
+        segment_names: ``{label: name}`` for the SEG's segments.
+        name_key: the item key holding the output stem. Defaults to ``"name"``.
         allow_missing_keys: do not fail on absent keys.
     """
 
@@ -184,31 +190,69 @@ class SaveDicomSegd(MapTransform):
         keys: KeysCollection,
         output_dir: str | os.PathLike,
         output_postfix: str = "seg",
-        enabled: bool | str = True,
+        output_ext: str = ".nii.gz",
+        output_dtype: Any = np.uint8,
+        dicom_seg: bool | str = False,
         segment_names: Mapping[int, str] | None = None,
+        name_key: str = "name",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
-        self.output_postfix = output_postfix
-        self.enabled = as_bool(enabled, "enabled")
+        self.output_postfix, self.output_ext, self.output_dtype = output_postfix, output_ext, output_dtype
+        self.dicom_seg = as_bool(dicom_seg, "dicom_seg")
         self.segment_names = {int(k): str(v) for k, v in (segment_names or {}).items()}
+        self.name_key = name_key
+        self.written: dict[str, str] = {}  # stem -> the input that took it, in this run
+
+    def _stem(self, d: Mapping[Hashable, Any], source: str) -> str:
+        name = d.get(self.name_key)
+        if isinstance(name, (list, tuple)):  # left collated by a batch of one
+            name = name[0] if len(name) == 1 else None
+        stem = safe_stem(name) if name else output_stem(source or f"image_{len(self.written)}")
+        return f"{stem}_{self.output_postfix}" if self.output_postfix else stem
+
+    def _write(self, label: Any, base: str, folder: Path) -> None:
+        """All outputs of one label map into ``folder``."""
+        meta = getattr(label, "meta", {})
+        SaveImage(
+            output_dir=folder, output_postfix="", output_ext=self.output_ext, output_dtype=self.output_dtype,
+            resample=False, scale=None, separate_folder=False, print_log=False,
+            output_name_formatter=lambda metadict, saver: {"subject": f"{base}.in", "idx": None},
+        )(label)  # fmt: skip
+        uid, series = meta.get(SERIES_UID_KEY, ""), meta.get("filename_or_obj", "")
+        if not self.dicom_seg or not uid or not series or not Path(series).is_dir():
+            return
+        if not bool(torch.as_tensor(label).any()):
+            logger.warning(f"{base}: no foreground predicted, DICOM SEG not written.")
+            return
+        _, files = resolve_dicom_series(series, str(uid))
+        write_dicom_seg(label, files, folder / f"{base}.dcm", self.segment_names, meta.get("affine"))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        if not self.enabled:
-            return d
         for key in self.key_iterator(d):
-            meta = getattr(d[key], "meta", {})
-            uid, folder = meta.get(SERIES_UID_KEY, ""), meta.get("filename_or_obj", "")
-            if not uid or not folder or not Path(folder).is_dir():
-                continue
-            stem = output_stem(folder)
-            name = f"{stem}_{self.output_postfix}.dcm" if self.output_postfix else f"{stem}.dcm"
-            if not bool(torch.as_tensor(d[key]).any()):
-                logger.warning(f"{stem}: no foreground predicted, DICOM SEG not written.")
-                continue
-            _, files = resolve_dicom_series(folder, str(uid))
-            path = write_dicom_seg(d[key], files, self.output_dir / name, self.segment_names, meta.get("affine"))
-            logger.info(f"DICOM SEG written to {path}")
+            source = str(getattr(d[key], "meta", {}).get("filename_or_obj", ""))
+            base = self._stem(d, source)
+            if base in self.written:
+                raise BadInputError(
+                    f"{source}: its output name {base} was already written in this run for {self.written[base]}; "
+                    "give the inputs distinct names (inference_inputs does) instead of overwriting."
+                )
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.output_dir))
+            try:
+                self._write(d[key], base, tmp)
+                for f in sorted(tmp.iterdir()):
+                    os.replace(f, self.output_dir / f.name)
+            except BadInputError:
+                raise
+            except Exception as e:
+                raise BadInputError(
+                    f"{source}: writing its outputs failed, none was kept ({type(e).__name__}: {e})."
+                ) from e
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.written[base] = source
+            logger.info(f"{base}: outputs written to {self.output_dir}")
         return d

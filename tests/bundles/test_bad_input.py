@@ -349,10 +349,8 @@ def test_every_torch_load_uses_weights_only():
 
 def test_dicom_tags_never_name_output_files(tmp_path):
     """A series whose PatientName / SeriesDescription / PatientID hold ``../../evil`` writes only into output_dir."""
-    from monai.transforms import SaveImaged
-
     from maskseg_monai.data import inference_inputs
-    from maskseg_monai.transforms import LoadMedicalImaged, SaveDicomSegd, output_name_formatter
+    from maskseg_monai.transforms import LoadMedicalImaged, SaveSegmentationd
 
     series = tmp_path / "in" / "series"
     series.mkdir(parents=True)
@@ -366,9 +364,7 @@ def test_dicom_tags_never_name_output_files(tmp_path):
     (item,) = inference_inputs(tmp_path / "in")
     d = LoadMedicalImaged("image")(item)
     d["image"] = (d["image"] > d["image"].mean()).to(torch.uint8)
-    d = SaveImaged("image", output_dir=out, output_postfix="seg", output_ext=".nii.gz", separate_folder=False,
-                   resample=False, print_log=False, output_name_formatter=output_name_formatter)(d)  # fmt: skip
-    SaveDicomSegd("image", output_dir=out)(d)
+    SaveSegmentationd("image", output_dir=out, dicom_seg=True)(d)
     new = {p for p in tmp_path.rglob("*")} - before
     assert {p.name for p in new} == {"series_seg.nii.gz", "series_seg.dcm"}
     assert all(p.parent == out for p in new), new

@@ -14,7 +14,7 @@ from monai.transforms import LoadImage
 
 from maskseg_monai.data import inference_inputs, list_dicom_series, resolve_dicom_series, write_dicom_seg
 from maskseg_monai.data.demo import demo_dicom_series_dir
-from maskseg_monai.transforms import LoadMedicalImaged, SaveDicomSegd, output_name_formatter
+from maskseg_monai.transforms import LoadMedicalImaged, SaveSegmentationd
 from maskseg_monai.utils import safe_stem
 
 SERIES = demo_dicom_series_dir()
@@ -103,8 +103,9 @@ def test_load_nifti_and_png(tmp_path):
     shutil.copytree(SERIES, tmp_path / "series" / "CT5N")
     items = inference_inputs(tmp_path)
     assert [Path(i["image"]).name for i in items] == ["a.png", "vol.nii.gz", "CT5N"]
-    assert inference_inputs(tmp_path / "vol.nii.gz") == [{"image": str(tmp_path / "vol.nii.gz")}]
-    assert inference_inputs(tmp_path / "series" / "CT5N") == [{"image": str(tmp_path / "series" / "CT5N")}]
+    assert inference_inputs(tmp_path / "vol.nii.gz") == [{"image": str(tmp_path / "vol.nii.gz"), "name": "vol"}]
+    ct = tmp_path / "series" / "CT5N"
+    assert inference_inputs(ct) == [{"image": str(ct), "name": "CT5N"}]
     loaded = [LoadMedicalImaged("image")(i)["image"] for i in items]
     assert [tuple(x.shape) for x in loaded] == [(1, 9, 8), (1, 4, 5, 6), (1, 16, 16, 5)]
     np.testing.assert_allclose(loaded[1].affine, affine)
@@ -161,18 +162,62 @@ def test_write_dicom_seg_errors_leave_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_save_dicom_segd(tmp_path):
+def test_save_segmentation_writes_nifti_and_seg_together(tmp_path):
     series = tmp_path / "in" / "Doe^John"
     shutil.copytree(SERIES, series)
     img = LoadMedicalImaged("image")({"image": str(series)})["image"]
     pred = img.clone()
     pred.array = torch.as_tensor(asymmetric_mask()[None])
-    SaveDicomSegd("pred", tmp_path / "out", enabled="false")({"pred": pred})
-    assert not (tmp_path / "out").exists()
-    SaveDicomSegd("pred", tmp_path / "out", enabled="true")({"pred": pred})
+    SaveSegmentationd("pred", tmp_path / "plain", dicom_seg="false")({"pred": pred})
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["Doe_John_seg.nii.gz"]
+    SaveSegmentationd("pred", tmp_path / "out", dicom_seg="true")({"pred": pred})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Doe_John_seg.dcm", "Doe_John_seg.nii.gz"]
     seg = pydicom.dcmread(tmp_path / "out" / "Doe_John_seg.dcm")
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == SERIES_UID
-    assert output_name_formatter(img.meta, None)["subject"] == "Doe_John.in"
+    nifti = nib.load(tmp_path / "out" / "Doe_John_seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nifti.dataobj), asymmetric_mask())
+
+
+def test_save_segmentation_is_all_or_nothing(tmp_path, monkeypatch):
+    """A SEG that fails to write leaves no NIfTI of that input, and the error names the input."""
+    import maskseg_monai.transforms.io as io
+
+    img = LoadMedicalImaged("image")({"image": str(SERIES)})["image"]
+    pred = img.clone()
+    pred.array = torch.as_tensor(asymmetric_mask()[None])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(io, "write_dicom_seg", broken)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"CT5N: writing its outputs failed, none was kept \(RuntimeError: disk full"):
+        SaveSegmentationd("pred", out, dicom_seg=True)({"pred": pred})
+    assert list(out.iterdir()) == []  # no NIfTI, no temporary folder
+
+
+def test_colliding_names_never_overwrite(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    for rel in ("scan ß.png", "scan ü.png", "scan_.png", "p1/series/x.png", "p2/series/x.png"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / rel)
+    for p in ("p1", "p2"):  # the usual patient/study/series layout: two folders named "series"
+        (folder / p / "series" / "x.png").unlink()
+        shutil.copytree(SERIES, folder / p / "series", dirs_exist_ok=True)
+    items = inference_inputs(folder)
+    names = [i["name"] for i in items]
+    assert len(set(names)) == len(names) == 5
+    assert names[3:] == ["p1_series", "p2_series"]
+    assert all(n.startswith("scan_") and len(n) == len("scan_") + 8 for n in names[:3])
+    assert [i["name"] for i in inference_inputs(folder)] == names  # stable
+    saver = SaveSegmentationd("image", tmp_path / "out", output_ext=".png")
+    for item in items[:3]:
+        saver(LoadMedicalImaged("image")(item))
+    assert len(list((tmp_path / "out").iterdir())) == 3
+    with pytest.raises(ValueError, match="already written in this run"):
+        saver(LoadMedicalImaged("image")({"image": items[0]["image"], "name": items[0]["name"]}))
 
 
 def test_safe_stem():
