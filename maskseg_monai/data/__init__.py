@@ -22,9 +22,11 @@ from maskseg_monai.data.dicom import (
 )
 from maskseg_monai.data.manifest import ManifestError, VerificationError, load_manifest, prepare_dataset
 from maskseg_monai.data.synthetic import BLOOD_CLASSES, MIN_SCENE_SIZE, blood_smear_scene
-from maskseg_monai.data.validate import CheckedCacheDataset, datalist_labels, load_datalist
+from maskseg_monai.data.validate import FAILED_KEY, CheckedCacheDataset, SkippingDataset, datalist_labels, load_datalist
 
 __all__ = [
+    "FAILED_KEY",
+    "SkippingDataset",
     "DEFAULT_SPACING_TOLERANCE",
     "DicomSeries",
     "check_dicom_series",

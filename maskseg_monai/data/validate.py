@@ -8,11 +8,12 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monai.data import CacheDataset, load_decathlon_datalist
+import torch
+from monai.data import CacheDataset, Dataset, MetaTensor, load_decathlon_datalist
 
 from maskseg_monai.utils import BadInputError, _exception_chain, as_bool, error_summary
 
-__all__ = ["CheckedCacheDataset", "datalist_labels", "load_datalist"]
+__all__ = ["FAILED_KEY", "CheckedCacheDataset", "SkippingDataset", "datalist_labels", "load_datalist"]
 
 logger = logging.getLogger("maskseg_monai.data")
 
@@ -60,6 +61,65 @@ def datalist_labels(path: str | os.PathLike) -> dict:
     if not isinstance(labels, dict):
         raise BadInputError(f"{path}: 'labels' must be an object mapping label values to names.")
     return labels
+
+
+#: key of an item :class:`SkippingDataset` could not prepare; holds ``"<file>: <problem>"``
+FAILED_KEY = "failed"
+
+
+def _item_message(item: Any, e: Exception) -> str:
+    """``"<file>: <problem>"`` of an item whose transforms raised ``e``."""
+    message = error_summary(e).removeprefix("error: ")
+    if not any(isinstance(x, BadInputError) for x in _exception_chain(e)):
+        message = f"{_item_files(item)}: {message}"
+    return message
+
+
+class SkippingDataset(Dataset):
+    """Inference ``Dataset`` that, with ``skip_bad_files``, turns an input it cannot prepare into a marked stand-in
+    instead of stopping the run, so that a folder of 1,000 studies is processed to the end.
+
+    A failed item comes out as ``{FAILED_KEY: "<file>: <problem>", image_key: zeros(placeholder_shape), ...}``: it
+    runs through the network like any item (a tiny tensor; the inferer pads it), and
+    :class:`~maskseg_monai.transforms.SaveSegmentationd` writes nothing for it and counts it, then reports
+    ``processed N, failed K`` and fails the run when ``K > 0``. Skipping inside the dataset keeps DataLoader workers
+    usable: the failure travels with the batch to the main process. MONAI's ``Dataset`` has no such mode.
+
+    Args:
+        data: the inference datalist (``[{image_key: path, "name": stem}, ...]``).
+        transform: the preprocessing (it loads the files).
+        skip_bad_files: mark bad inputs instead of raising; ``"true"``/``"false"`` strings are accepted.
+        placeholder_shape: ``[C, *spatial]`` of the stand-in image. Defaults to ``[1, 8, 8]``.
+        image_key: the image key. Defaults to ``"image"``.
+    """
+
+    def __init__(
+        self,
+        data: Sequence,
+        transform: Callable | None = None,
+        skip_bad_files: bool | str = False,
+        placeholder_shape: Sequence[int] = (1, 8, 8),
+        image_key: str = "image",
+    ) -> None:
+        super().__init__(data, transform)
+        self.skip_bad_files = as_bool(skip_bad_files, "skip_bad_files")
+        self.placeholder_shape, self.image_key = tuple(int(v) for v in placeholder_shape), image_key
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)
+        except Exception as e:
+            if not self.skip_bad_files:
+                raise
+            item = self.data[index]
+            message = _item_message(item, e)
+            logger.warning(f"skipping input: {message}")
+            placeholder = MetaTensor(torch.zeros(self.placeholder_shape), meta={"filename_or_obj": _item_files(item)})
+            return {
+                **{k: v for k, v in item.items() if k != self.image_key},
+                self.image_key: placeholder,
+                FAILED_KEY: message,
+            }
 
 
 class _BadItem:
@@ -115,10 +175,7 @@ class CheckedCacheDataset(CacheDataset):
         try:
             return super()._load_cache_item(idx)
         except Exception as e:
-            message = error_summary(e).removeprefix("error: ")
-            if not any(isinstance(x, BadInputError) for x in _exception_chain(e)):
-                message = f"{_item_files(self.data[idx])}: {message}"
-            return _BadItem(message)
+            return _BadItem(_item_message(self.data[idx], e))
 
     def set_data(self, data: Sequence) -> None:
         super().set_data(data)

@@ -5,12 +5,14 @@ Configs name them ``maskseg_monai.handlers.X``, as MONAI's configs say ``monai.h
 
 from maskseg_monai.handlers.checkpoint import AtomicCheckpointSaver, ResumeHandler, RNGState, find_resume_checkpoint
 from maskseg_monai.handlers.freeze_encoder import FreezeEncoderHandler
+from maskseg_monai.handlers.inference_report import InferenceReport
 from maskseg_monai.handlers.mask_ratio import MaskRatioScheduler
 from maskseg_monai.handlers.metrics_saver import OneShotMetricsSaver, SegmentationMetricsSaver
 from maskseg_monai.handlers.progress import ProgressBarHandler
 from maskseg_monai.handlers.reconstruction import ReconstructionMetricHandler, ReconstructionSaver, save_reconstruction
 
 __all__ = [
+    "InferenceReport",
     "AtomicCheckpointSaver",
     "FreezeEncoderHandler",
     "MaskRatioScheduler",

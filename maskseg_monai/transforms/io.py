@@ -17,6 +17,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, SaveImage
 
+from maskseg_monai.data import FAILED_KEY
 from maskseg_monai.data.dicom import (
     DEFAULT_SPACING_TOLERANCE,
     SERIES_UID_KEY,
@@ -169,8 +170,9 @@ class SaveSegmentationd(MapTransform):
     Names are ``<stem>_<output_postfix><ext>`` and ``<stem>_<output_postfix>.dcm``, the stem being the item's
     ``name_key`` entry (the collision-free names of :func:`~maskseg_monai.data.inference_inputs`) or else
     :func:`~maskseg_monai.utils.output_stem` of the input. A stem written twice in one run is an error, never an
-    overwrite. An all-background prediction of a DICOM input writes no SEG (a SEG needs a segment) and logs a
-    warning.
+    overwrite. An item marked failed by :class:`~maskseg_monai.data.SkippingDataset` writes nothing and is counted
+    in ``failed`` (see :class:`~maskseg_monai.handlers.InferenceReport`). An all-background prediction of a DICOM
+    input writes no SEG (a SEG needs a segment) and logs a warning.
 
     Args:
         keys: keys of the label maps ``[1, *spatial]`` (MetaTensor with the input's metadata).
@@ -204,6 +206,7 @@ class SaveSegmentationd(MapTransform):
         self.segment_names = {int(k): str(v) for k, v in (segment_names or {}).items()}
         self.name_key = name_key
         self.written: dict[str, str] = {}  # stem -> the input that took it, in this run
+        self.failed: list[str] = []  # "<file>: <problem>" of the inputs SkippingDataset could not prepare
 
     def _stem(self, d: Mapping[Hashable, Any], source: str) -> str:
         name = d.get(self.name_key)
@@ -231,6 +234,10 @@ class SaveSegmentationd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        if d.get(FAILED_KEY):  # a stand-in of SkippingDataset: nothing to write
+            failed = d[FAILED_KEY]
+            self.failed.append(failed[0] if isinstance(failed, (list, tuple)) else str(failed))
+            return d
         for key in self.key_iterator(d):
             source = str(getattr(d[key], "meta", {}).get("filename_or_obj", ""))
             base = self._stem(d, source)

@@ -369,3 +369,27 @@ def test_dicom_tags_never_name_output_files(tmp_path):
     assert {p.name for p in new} == {"series_seg.nii.gz", "series_seg.dcm"}
     assert all(p.parent == out for p in new), new
     assert not any("evil" in str(p) for p in tmp_path.rglob("*"))
+
+
+def test_folder_inference_skips_bad_inputs_and_fails_at_the_end(data: Path, tmp_path: Path):
+    """``--skip_bad_files true`` at inference: every good input is written, each bad one logged, then exit 1."""
+    root = tmp_path / "bundle"
+    inputs = root / "inputs"
+    inputs.mkdir(parents=True)
+    for name in ("img0.png", "fake.png", "img1.png", "rgb.png"):
+        shutil.copy(data / name, inputs / name)
+    _checkpoint("unetr_seg", root)
+    args = ["run", "inference", "--input_dir", str(inputs), "--skip_bad_files", "true", "--bundle_root", str(root)]
+    proc = run_bundle("unetr_seg", *args, *UNETR_TINY, configs=CONFIGS["inference"])
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-4000:]
+    assert sorted(p.name for p in (root / "outputs").iterdir()) == ["img0_seg.png", "img1_seg.png"], log[-4000:]
+    assert re.search(r"skipping input: \S*fake\.png: cannot read the image", log), log[-4000:]
+    assert re.search(r"skipping input: \S*rgb\.png: expected 1 channel\(s\), got 3", log), log[-4000:]
+    assert "processed 2, failed 2" in log
+    last = "\n".join(proc.stderr.strip().splitlines()[-3:])
+    assert re.search(r"error: 2 of 4 inputs failed \(processed 2\); the first: \S*fake\.png: cannot read", last), last
+    _checkpoint("unetr_seg", tmp_path / "strict")
+    without = run_bundle("unetr_seg", *args[:4], "--bundle_root", str(tmp_path / "strict"), *UNETR_TINY,
+                         configs=CONFIGS["inference"])  # fmt: skip
+    assert without.returncode != 0 and "fake.png" in without.stderr.strip().splitlines()[-1]
