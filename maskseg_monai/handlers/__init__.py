@@ -3,7 +3,13 @@
 Configs name them ``maskseg_monai.handlers.X``, as MONAI's configs say ``monai.handlers.X``.
 """
 
-from maskseg_monai.handlers.checkpoint import AtomicCheckpointSaver, ResumeHandler, RNGState, find_resume_checkpoint
+from maskseg_monai.handlers.checkpoint import (
+    AtomicCheckpointSaver,
+    CheckedCheckpointLoader,
+    ResumeHandler,
+    RNGState,
+    find_resume_checkpoint,
+)
 from maskseg_monai.handlers.freeze_encoder import FreezeEncoderHandler
 from maskseg_monai.handlers.inference_report import InferenceReport
 from maskseg_monai.handlers.mask_ratio import MaskRatioScheduler
@@ -14,6 +20,7 @@ from maskseg_monai.handlers.reconstruction import ReconstructionMetricHandler, R
 __all__ = [
     "InferenceReport",
     "AtomicCheckpointSaver",
+    "CheckedCheckpointLoader",
     "FreezeEncoderHandler",
     "MaskRatioScheduler",
     "OneShotMetricsSaver",

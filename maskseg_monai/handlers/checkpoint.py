@@ -26,15 +26,15 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.handlers.checkpoint import BaseSaveHandler
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable, Transform
 
-from maskseg_monai.utils import as_bool, atomic_torch_save
+from maskseg_monai.utils import BadInputError, as_bool, atomic_torch_save
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["AtomicCheckpointSaver", "RNGState", "ResumeHandler", "find_resume_checkpoint"]
+__all__ = ["AtomicCheckpointSaver", "CheckedCheckpointLoader", "RNGState", "ResumeHandler", "find_resume_checkpoint"]
 
 RESUME_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
 
@@ -351,3 +351,25 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def state_dict(self) -> dict[str, Any]:
         """The key-metric checkpoint's tracking list (empty without ``save_key_metric``)."""
         return dict(self._key_metric_checkpoint.state_dict()) if self._key_metric_checkpoint is not None else {}
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's :class:`~monai.handlers.CheckpointLoader` (``weights_only`` loading) whose errors name the file.
+
+    MONAI lets torch's error through: a truncated ``model.pt`` ends a run with ``PytorchStreamReader failed reading
+    zip archive``, and a checkpoint of another network size with a long key list, neither naming the file. Here both
+    become a :class:`~maskseg_monai.utils.BadInputError` ``"<file>: <problem>"`` with what to do.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        path = self.load_path
+        if not os.path.isfile(path):
+            raise BadInputError(f"{path}: checkpoint not found; train the bundle first or pass --ckpt_path PATH.")
+        try:
+            super().__call__(engine)
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise BadInputError(
+                f"{path}: cannot load the checkpoint ({type(err).__name__}: {first}); the file is truncated, corrupt, "
+                "not a weights-only torch checkpoint, or from a network of other sizes than this config's."
+            ) from None

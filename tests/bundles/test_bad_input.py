@@ -136,6 +136,15 @@ def infer(name: str, *extra: str) -> Callable[[Path, Path], list[str]]:
     return setup
 
 
+def infer_truncated_checkpoint(name: str) -> Callable[[Path, Path], list[str]]:
+    def setup(root: Path, data: Path) -> list[str]:
+        ckpt = root / "models" / "model.pt"
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+        return infer(name)(root, data)
+
+    return setup
+
+
 def train_bad_datalist() -> Callable[[Path, Path], list[str]]:
     def setup(root: Path, data: Path) -> list[str]:
         path = root / "datalist.json"
@@ -206,6 +215,8 @@ CASES = [
          r"trunc3d\.nii\.gz: cannot read the image \(EOFError", checkpoint=D3),
     Case("non-image-png", "mae", "inference", infer("fake.png"), r"fake\.png: cannot read the image \(", checkpoint=()),
     Case("constant-image", "amlp", "inference", infer("constant.png"), ACCEPTED, checkpoint=()),
+    Case("truncated-checkpoint", "mae", "inference", infer_truncated_checkpoint("img0.png"),
+         r"error: \S*models/model\.pt: cannot load the checkpoint \(RuntimeError: PytorchStreamReader", checkpoint=()),
     Case("smaller-than-roi", "unetr_seg", "inference", infer("small.png"), ACCEPTED, checkpoint=()),
     # evaluation: the validation list is checked like the training list
     Case("labels-out-of-range", "unetr_seg", "evaluation", evaluate(["img0.png"], ["lab255.png"]),
