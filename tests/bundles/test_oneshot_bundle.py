@@ -136,6 +136,29 @@ def test_empty_support_mask_fails_clearly_and_writes_nothing(trained, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_folder_inference_with_skip_bad_files(trained, tmp_path):
+    """A bad query among good ones: the good ones are written, the run ends with processed 2, failed 1 and exit 1."""
+    root, _ = trained
+    image, semantic, _ = blood_smear_scene((48, 48), seed=1)
+    Image.fromarray((image[0] * 255).astype(np.uint8)).save(tmp_path / "s.png")
+    Image.fromarray((semantic > 0).astype(np.uint8)).save(tmp_path / "s_label.png")
+    queries = tmp_path / "q"
+    queries.mkdir()
+    for i in range(2):
+        q, _, _ = blood_smear_scene((48, 48), seed=5 + i)
+        Image.fromarray((q[0] * 255).astype(np.uint8)).save(queries / f"q{i}.png")
+    (queries / "broken.png").write_text("not an image")
+    out = tmp_path / "out"
+    proc = bundle("run", "inference", "--bundle_root", str(root), "--support_image", str(tmp_path / "s.png"),
+                  "--support_label", str(tmp_path / "s_label.png"), "--query_dir", str(queries),
+                  "--output_dir", str(out), "--skip_bad_files", "true", *SMALL,
+                  configs=("inference.json",))  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["q0_seg.png", "q1_seg.png"], log[-3000:]
+    assert "processed 2, failed 1" in log and "broken.png" in proc.stderr.strip().splitlines()[-1]
+
+
 def test_two_process_ddp_training(tmp_path):
     """``multi_gpu_train.json`` under torchrun: 2 CPU processes on gloo, one set of checkpoints."""
     configs = str([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
