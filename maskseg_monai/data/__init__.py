@@ -8,17 +8,19 @@ from maskseg_monai.data.demo import (
     materialize_demo,
 )
 from maskseg_monai.data.dicom import (
-    DEFAULT_SPACING_TOLERANCE,
     IMAGE_EXTENSIONS,
     SERIES_UID_KEY,
-    DicomSeries,
-    check_dicom_series,
     inference_inputs,
     list_dicom_series,
     output_names,
-    read_resampled_series,
     resolve_dicom_series,
-    write_dicom_seg,
+)
+from maskseg_monai.data.dicom_seg import write_dicom_seg
+from maskseg_monai.data.dicom_series import (
+    DEFAULT_SPACING_TOLERANCE,
+    DicomSeries,
+    check_dicom_series,
+    read_resampled_series,
 )
 from maskseg_monai.data.manifest import ManifestError, VerificationError, load_manifest, prepare_dataset
 from maskseg_monai.data.synthetic import BLOOD_CLASSES, MIN_SCENE_SIZE, blood_smear_scene

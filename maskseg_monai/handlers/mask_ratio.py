@@ -76,8 +76,11 @@ class MaskRatioScheduler:
         """Update the ratio at every iteration (or epoch) start, and record it at every epoch end."""
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.EPOCH_STARTED if self.epoch_level else Events.ITERATION_STARTED, self)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.record)
+        event = Events.EPOCH_STARTED if self.epoch_level else Events.ITERATION_STARTED
+        if not engine.has_event_handler(self, event):
+            engine.add_event_handler(event, self)
+        if not engine.has_event_handler(self.record, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.record)
 
     def progress(self, engine: Engine) -> float:
         """Training progress of ``engine`` in [0, 1] (0 at the first update, 1 at the last)."""

@@ -79,7 +79,8 @@ class ReconstructionSaver:
         """Save after every iteration of ``engine``."""
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         """Save the current batch (decollated or not)."""

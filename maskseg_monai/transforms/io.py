@@ -18,16 +18,9 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, SaveImage
 
 from maskseg_monai.data import FAILED_KEY
-from maskseg_monai.data.dicom import (
-    DEFAULT_SPACING_TOLERANCE,
-    SERIES_UID_KEY,
-    _candidate_files,
-    _read_header,
-    check_dicom_series,
-    read_resampled_series,
-    resolve_dicom_series,
-    write_dicom_seg,
-)
+from maskseg_monai.data.dicom import SERIES_UID_KEY, _candidate_files, _read_header, resolve_dicom_series
+from maskseg_monai.data.dicom_seg import write_dicom_seg
+from maskseg_monai.data.dicom_series import DEFAULT_SPACING_TOLERANCE, check_dicom_series, read_resampled_series
 from maskseg_monai.utils import BadInputError, as_bool, output_stem, safe_stem
 
 __all__ = ["SUPPORTED_DICOM_READERS", "LoadMedicalImaged", "SaveSegmentationd"]
