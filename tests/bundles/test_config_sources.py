@@ -75,6 +75,9 @@ INTENDED = {
     "infer#dataset#transform": "UNETR's inference loads DICOM series and keeps the image size; MAE/AMLP crop",
     "infer#evaluator#inferer": "each task's inferer",
     "infer#handlers#<@infer#saver>": "MAE/AMLP save reconstruction panels; UNETR saves masks in postprocessing",
+    "infer#saver#_target_": "MAE/AMLP save panels (a handler); UNETR label maps + DICOM SEG (a transform)",
+    "infer#dataset#_target_": "UNETR's folder inference skips bad inputs (--skip_bad_files), reported at the end",
+    "infer#handlers#<maskseg_monai.handlers.InferenceReport>": "UNETR's processed N, failed K report of its saver",
 }
 # oneshot/configs/inference.json repeats train.json's network and hyperparameters to run alone
 ONESHOT_INFERENCE_INTENDED = {
