@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Conv, Pool
-from monai.utils import ensure_tuple_rep, look_up_option
+from monai.networks.layers.factories import Conv
+from monai.utils import look_up_option
 from torch import nn
 
-from maskseg_monai.networks.blocks.similarity import CosineSimilarityGuidance, MaskedAveragePooling
+from maskseg_monai.networks.backbones import CNNBackbone, OneShotBackbone, ViTBackbone
+from maskseg_monai.networks.blocks.similarity import CosineSimilarityGuidance, MaskedAveragePooling, resize_to
 from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
 from maskseg_monai.networks.transfer import TransferReport, load_pretrained_encoder
 from maskseg_monai.utils import as_bool
@@ -21,41 +20,9 @@ from maskseg_monai.utils import as_bool
 __all__ = ["SGOne", "SUPPORTED_BACKBONES"]
 
 SUPPORTED_BACKBONES = ("cnn", "vit")
-_INTERP = {2: "bilinear", 3: "trilinear"}
-
-
-class _CNNBackbone(nn.Module):
-    """VGG-style backbone: five blocks of 3x3 convolutions, max-pooling before the first ``log2(stride)`` of
-    blocks 2-5 (SG-One keeps VGG-16's first three pools, output stride 8). Returns blocks 3, 4 and 5."""
-
-    def __init__(self, spatial_dims: int, in_channels: int, channels: Sequence[int], output_stride: int, norm) -> None:
-        super().__init__()
-        n_pool = int(math.log2(output_stride))
-        self.blocks = nn.ModuleList()
-        self.pools = nn.ModuleList()
-        pool = Pool[Pool.MAX, spatial_dims]
-        prev = in_channels
-        for i, ch in enumerate(channels):
-            convs = [
-                Convolution(spatial_dims, prev if j == 0 else ch, ch, kernel_size=3, act="RELU", norm=norm)
-                for j in range(2 if i < 2 else 3)
-            ]
-            self.blocks.append(nn.Sequential(*convs))
-            self.pools.append(pool(kernel_size=2, stride=2) if 1 <= i <= n_pool else nn.Identity())
-            prev = ch
-        self.out_channels = tuple(channels[2:])
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for pool, block in zip(self.pools, self.blocks):
-            x = block(pool(x))
-            feats.append(x)
-        return feats[2:]
-
-
-def _vit_taps(num_layers: int) -> list[int]:
-    """Blocks whose outputs feed the segmentation branch: at 1/3, 2/3 and the end of the stack."""
-    return sorted({max(0, num_layers // 3 - 1), max(0, 2 * num_layers // 3 - 1), num_layers - 1})
+# attribute, hence state-dict prefix, of each built-in backbone (``cnn.*``, ``vit.*``: the keys of earlier
+# checkpoints); any other backbone module is ``backbone.*``
+_BACKBONE_ATTRS = ((CNNBackbone, "cnn"), (ViTBackbone, "vit"))
 
 
 class SGOne(nn.Module):
@@ -64,9 +31,10 @@ class SGOne(nn.Module):
     Zhang, Wei, Yang, Huang, "SG-One: Similarity Guidance Network for One-Shot Semantic Segmentation", IEEE Trans.
     Cybernetics 2020. One backbone is shared by support and query. The guidance branch (a 3x3 convolution on the
     last backbone features) turns the support into a prototype by masked average pooling and compares it with every
-    query position by cosine similarity; the segmentation branch fuses side features of the last three backbone
-    stages, multiplies them by the guidance map and predicts two-class logits (background, target), up-sampled to
-    the query's size. Several shots average their prototypes.
+    query position by cosine similarity; the segmentation branch fuses side features of the backbone's maps (the
+    CNN's last three stages; maps of another resolution are first interpolated to the guidance map's), multiplies
+    them by the guidance map and predicts two-class logits (background, target), up-sampled to the query's size.
+    Several shots average their prototypes.
 
     Guidance shortcut (our addition; ``guidance_logit_scale=0`` gives the paper's network): the difference between the
     guidance map and the similarity to a background prototype (masked average pooling under ``1 - mask``), times
@@ -77,16 +45,20 @@ class SGOne(nn.Module):
     many-class scenes the Dice on seen classes stayed at the level of the all-objects mask after 1,500 steps, and
     reached 0.95 within 400 steps with the shortcut).
 
-    Backbones: ``"cnn"`` (VGG-style, trained from scratch or from our own SG-One checkpoints; nothing is
-    downloaded) or ``"vit"``, our :class:`ViTEncoder` that :meth:`load_encoder` fills from an MAE/AMLP
-    ``encoder.pt`` or checkpoint. The ViT needs a fixed input size: images of another size are resized to
-    ``img_size`` on the way in and the logits back to the input's size on the way out. The CNN takes any size;
-    its logits are interpolated back to the input's size.
+    Backbones (:mod:`~maskseg_monai.networks.backbones`): ``"cnn"``, a :class:`CNNBackbone` (VGG-style, trained
+    from scratch or from our own SG-One checkpoints; nothing is downloaded), ``"vit"``, a :class:`ViTBackbone` (our
+    :class:`ViTEncoder`, which :meth:`load_encoder` fills from an MAE/AMLP ``encoder.pt`` or checkpoint), or any
+    module with the :class:`OneShotBackbone` interface (``spatial_dims``, ``out_channels`` and a call returning
+    feature maps): a new backbone, 2D or 3D, needs no change here. The module is the attribute ``cnn``, ``vit`` or
+    (any other) ``backbone``, which is also its state-dict prefix; :attr:`backbone_attr` says which, and the other
+    two are None. The ViT needs a fixed input size: images of another size are resized to ``img_size`` on the way
+    in. Logits are interpolated back to the query's size.
 
     Args:
         in_channels: image channels.
         spatial_dims: 2 or 3. Defaults to 2 (3D volumes are segmented slice by slice by the bundle).
-        backbone: ``"cnn"`` or ``"vit"``. Defaults to ``"cnn"``.
+        backbone: ``"cnn"``, ``"vit"`` (built from the arguments below) or a backbone module (then the
+            ``"cnn"``/``"vit"`` arguments are not used). Defaults to ``"cnn"``.
         channels: widths of the five CNN blocks. Defaults to ``(32, 64, 128, 128, 128)``.
         output_stride: CNN output stride, 1, 2, 4 or 8 (SG-One: 8). Defaults to 4 to keep objects of a few pixels.
         norm: normalisation of the CNN convolutions (MONAI name; SG-One's pretrained VGG has none, a CNN trained from
@@ -105,19 +77,27 @@ class SGOne(nn.Module):
         pos_embed_type: ViT position embedding, ``"sincos"`` or ``"learnable"``. Defaults to ``"learnable"``.
         use_flash_attention: fused attention in the ViT. Defaults to True.
 
+    Raises:
+        ValueError: for an unknown backbone name, bad CNN/ViT arguments, or a backbone module without the
+            :class:`OneShotBackbone` interface or of another ``spatial_dims``/``in_channels``.
+
     Example::
 
         >>> net = SGOne(in_channels=1, spatial_dims=2)
         >>> q, s, m = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 1, 32, 32), torch.ones(2, 1, 1, 32, 32)
         >>> net(q, s, m).shape  # [B, 2, H, W]
         torch.Size([2, 2, 32, 32])
+        >>> net = SGOne(in_channels=1, spatial_dims=3, backbone=CNNBackbone(3, 1, channels=(4, 8, 8, 8, 8)))
+        >>> q, m = torch.rand(1, 1, 16, 16, 8), torch.ones(1, 1, 16, 16, 8)
+        >>> net.backbone_attr, net(q, q, m).shape  # a backbone module; the built-in CNN is "cnn"
+        ('cnn', torch.Size([1, 2, 16, 16, 8]))
     """
 
     def __init__(
         self,
         in_channels: int = 1,
         spatial_dims: int = 2,
-        backbone: str = "cnn",
+        backbone: str | nn.Module = "cnn",
         channels: Sequence[int] = (32, 64, 128, 128, 128),
         output_stride: int = 4,
         norm: str | tuple | None = "batch",
@@ -140,33 +120,28 @@ class SGOne(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.guidance_logit_scale = float(guidance_logit_scale)
-        self.backbone_type = look_up_option(backbone, SUPPORTED_BACKBONES)
-        if self.backbone_type == "cnn":
-            if len(channels) != 5:
-                raise ValueError(f"channels must give the widths of 5 CNN blocks, got {tuple(channels)}.")
-            if output_stride not in (1, 2, 4, 8):
-                raise ValueError(f"output_stride must be 1, 2, 4 or 8, got {output_stride}.")
-            self.cnn: _CNNBackbone | None = _CNNBackbone(spatial_dims, in_channels, channels, output_stride, norm)
-            self.vit: ViTEncoder | None = None
-            self.img_size = None
-            feat_ch = self.cnn.out_channels
-        else:
-            self.vit = ViTEncoder(
-                in_channels,
-                img_size,
-                patch_size,
-                hidden_size=hidden_size,
-                mlp_dim=mlp_dim,
-                num_layers=num_layers,
-                num_heads=num_heads,
-                pos_embed_type=pos_embed_type,
-                spatial_dims=spatial_dims,
-                use_flash_attention=as_bool(use_flash_attention, "use_flash_attention"),
-            )
-            self.cnn = None
-            self.img_size = ensure_tuple_rep(img_size, spatial_dims)
-            self._taps = _vit_taps(num_layers)
-            feat_ch = (hidden_size,) * len(self._taps)
+        if isinstance(backbone, str):
+            if look_up_option(backbone, SUPPORTED_BACKBONES) == "cnn":
+                backbone = CNNBackbone(spatial_dims, in_channels, channels, output_stride, norm)
+            else:
+                backbone = ViTBackbone(
+                    in_channels,
+                    img_size,
+                    patch_size,
+                    hidden_size=hidden_size,
+                    mlp_dim=mlp_dim,
+                    num_layers=num_layers,
+                    num_heads=num_heads,
+                    pos_embed_type=pos_embed_type,
+                    spatial_dims=spatial_dims,
+                    use_flash_attention=as_bool(use_flash_attention, "use_flash_attention"),
+                )
+        self._check_backbone(backbone)
+        self.backbone_attr = next((a for cls, a in _BACKBONE_ATTRS if isinstance(backbone, cls)), "backbone")
+        """Attribute holding the backbone module: ``"cnn"``, ``"vit"`` or ``"backbone"``."""
+        for attr in ("cnn", "vit", "backbone"):
+            setattr(self, attr, backbone if attr == self.backbone_attr else None)
+        feat_ch = tuple(backbone.out_channels)
         conv = Conv[Conv.CONV, spatial_dims]
         guide_channels = guide_channels or feat_ch[-1]
         self.guide = conv(feat_ch[-1], guide_channels, kernel_size=3, padding=1)  # SG-One: no ReLU
@@ -182,14 +157,27 @@ class SGOne(nn.Module):
             conv(seg_channels, 2, kernel_size=1),
         )
 
+    def _check_backbone(self, backbone: nn.Module) -> None:
+        """Raise a ``ValueError`` when a backbone lacks the :class:`OneShotBackbone` interface or does not fit."""
+        if not isinstance(backbone, nn.Module) or not isinstance(backbone, OneShotBackbone):
+            raise ValueError(
+                f"backbone must be one of {SUPPORTED_BACKBONES} or an nn.Module with 'spatial_dims', 'out_channels' "
+                f"and a call returning feature maps (see OneShotBackbone), got {type(backbone).__name__}."
+            )
+        channels = backbone.out_channels
+        widths = isinstance(channels, Sequence) and all(isinstance(c, int) and c > 0 for c in channels)
+        if not channels or not widths:
+            raise ValueError(f"backbone.out_channels must be a non-empty tuple of widths, got {channels!r}.")
+        if backbone.spatial_dims != self.spatial_dims:
+            raise ValueError(f"backbone is {backbone.spatial_dims}D but SGOne has spatial_dims={self.spatial_dims}.")
+        if getattr(backbone, "in_channels", self.in_channels) != self.in_channels:
+            raise ValueError(
+                f"backbone takes {backbone.in_channels} channels but SGOne has in_channels={self.in_channels}."
+            )
+
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.img_size is not None and tuple(x.shape[2:]) != self.img_size:
-            x = F.interpolate(x, size=self.img_size, mode=_INTERP[self.spatial_dims], align_corners=False)
-        if self.cnn is not None:
-            return self.cnn(x)
-        tokens, hidden = self.vit(x)
-        hidden[-1] = tokens  # the final, normalised tokens
-        return [hidden[i].transpose(1, 2).reshape(x.shape[0], -1, *self.vit.grid_size) for i in self._taps]
+        """The backbone's feature maps of images ``[B, C, *spatial]``."""
+        return getattr(self, self.backbone_attr)(x)
 
     def _check(self, name: str, x: torch.Tensor, channels: int, ndim: int) -> None:
         if x.ndim != ndim or x.shape[-self.spatial_dims - 1] != channels:
@@ -261,26 +249,26 @@ class SGOne(nn.Module):
         feats = self._encode(x)
         guide = self.guide(feats[-1])
         guidance = self.similarity(guide, proto)
-        side = self.fuse(torch.cat([s(f) for s, f in zip(self.side, feats)], dim=1))
+        side = self.fuse(torch.cat([s(resize_to(f, guide.shape[2:])) for s, f in zip(self.side, feats)], dim=1))
         logits = self.head(side * guidance)
         if self.guidance_logit_scale:
             shortcut = 0.5 * self.guidance_logit_scale * (guidance - self.similarity(guide, proto_bg))
             logits = logits + torch.cat([-shortcut, shortcut], dim=1)
-        if logits.shape[2:] != x.shape[2:]:
-            logits = F.interpolate(logits, size=x.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False)
-        return logits
+        return resize_to(logits, x.shape[2:])
 
     def load_encoder(self, path_or_state: str | os.PathLike | Mapping, **kwargs) -> TransferReport:
-        """Load a pretrained ViT encoder (MAE/AMLP ``encoder.pt`` or checkpoint) into the ``"vit"`` backbone.
+        """Load a pretrained ViT encoder (MAE/AMLP ``encoder.pt`` or checkpoint) into a ViT backbone.
 
         Keyword arguments go to :func:`~maskseg_monai.networks.transfer.load_pretrained_encoder`.
 
         Raises:
-            ValueError: for the ``"cnn"`` backbone, or from the loader (file, keys, shapes).
+            ValueError: when the backbone is not a :class:`ViTEncoder` (``"cnn"``), or from the loader (file, keys,
+                shapes).
         """
-        if self.vit is None:
+        backbone = getattr(self, self.backbone_attr)
+        if not isinstance(backbone, ViTEncoder):
             raise ValueError(
-                "pretrained_encoder needs backbone 'vit'; the 'cnn' backbone trains from scratch or loads a whole "
-                "SG-One checkpoint."
+                f"pretrained_encoder needs backbone 'vit' (a ViTEncoder), got {type(backbone).__name__}; the 'cnn' "
+                "backbone trains from scratch or loads a whole SG-One checkpoint."
             )
-        return load_pretrained_encoder(self, path_or_state, **kwargs)
+        return load_pretrained_encoder(backbone, path_or_state, **kwargs)

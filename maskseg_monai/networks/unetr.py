@@ -66,6 +66,9 @@ class UNETR(nn.Module):
       given by :func:`unetr_skip_layers` (blocks 9, 6, 3 of 12 for ``encoder4``, ``encoder3``, ``encoder2``);
     - ``encoder1`` is a convolution block on the full-resolution input, the skip of the last stage ``decoder2``.
 
+    The bottleneck and the block outputs come as maps over the patch grid from
+    :meth:`ViTEncoder.forward_intermediates(x, skip_layers, final=True) <ViTEncoder.forward_intermediates>`.
+
     Stage ``decoder{j}`` has ``feature_size * 2 ** (j - 2)`` channels. For patch 16 the modules, their
     parameter names and the output are those of :class:`monai.networks.nets.UNETR` (which fixes 12 layers):
 
@@ -229,8 +232,9 @@ class UNETR(nn.Module):
         return self.vit.img_size
 
     def proj_feat(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens ``B x (s_dim_1 * ... * s_dim_n) x hidden_size`` to a feature map ``[B, hidden_size, *feat_size]``."""
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *self.feat_size)
+        """Tokens ``B x (s_dim_1 * ... * s_dim_n) x hidden_size`` to a feature map ``[B, hidden_size, *feat_size]``
+        (MONAI UNETR's method, kept for its callers; the forward pass gets maps from the encoder)."""
+        return self.vit.tokens_to_map(x)
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:
         """
@@ -240,15 +244,11 @@ class UNETR(nn.Module):
         Returns:
             logits ``[B, out_channels, *img_size]``.
         """
-        x, hidden_states_out = self.vit(x_in)
+        # block outputs for encoder{n}, ..., encoder2 (coarsest first), then the normalised last block
+        *hidden_maps, dec = self.vit.forward_intermediates(x_in, self.skip_layers, final=True)
         n = self.num_stages
-        # skips, coarsest first: encoder{n}, ..., encoder2, then encoder1 on the input
-        skips = [
-            getattr(self, f"encoder{j}")(self.proj_feat(hidden_states_out[k]))
-            for j, k in zip(range(n, 1, -1), self.skip_layers)
-        ]
+        skips = [getattr(self, f"encoder{j}")(h) for j, h in zip(range(n, 1, -1), hidden_maps)]
         skips.append(self.encoder1(x_in))
-        dec = self.proj_feat(x)
         for j, skip in zip(range(n + 1, 1, -1), skips):
             dec = getattr(self, f"decoder{j}")(dec, skip)
         return self.out(dec)

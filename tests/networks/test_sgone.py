@@ -106,18 +106,25 @@ def _scenes(n: int, classes: list[int], n_classes: int, seed: int) -> list[dict]
 
 
 def test_short_episodic_training_segments_unseen_classes():
-    """Train on 6 texture classes, test on the 6 others: beat trivial and class-agnostic baselines."""
+    """Train on 6 texture classes, test on the 6 others: beat trivial and class-agnostic baselines.
+
+    500 steps with a cosine learning-rate decay, scored on 192 episodes of 32 scenes. With 300 steps at a constant
+    rate the model only sometimes learnt to tell the orientations apart (unseen-class Dice minus the all-objects
+    Dice: 0.03 to 0.11 depending on the torch seed and on the test scenes, 48 episodes of 16 scenes giving the
+    lowest); with the decay and 500 steps it was 0.18 to 0.28 on 192 episodes over three seeds and two scene sets.
+    """
     from monai.losses import DiceCELoss
     from monai.metrics import compute_dice
 
     from maskseg_monai.data.episodes import EpisodeDataset
 
     torch.manual_seed(0)
-    n_classes, seen, unseen = 12, list(range(1, 13, 2)), list(range(2, 13, 2))
-    train = EpisodeDataset(_scenes(64, seen, n_classes, 1), seen, num_episodes=8 * 300, seed=0)
-    test = EpisodeDataset(_scenes(16, list(range(1, 13)), n_classes, 2), unseen, num_episodes=48, seed=1, fixed=True)
+    steps, n_classes, seen, unseen = 500, 12, list(range(1, 13, 2)), list(range(2, 13, 2))
+    train = EpisodeDataset(_scenes(64, seen, n_classes, 1), seen, num_episodes=8 * steps, seed=0)
+    test = EpisodeDataset(_scenes(32, list(range(1, 13)), n_classes, 2), unseen, num_episodes=192, seed=1, fixed=True)
     net = SGOne(channels=(16, 32, 32, 32, 32), seg_channels=16, output_stride=2)
     opt = torch.optim.AdamW(net.parameters(), 1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     losses = []
     for batch in torch.utils.data.DataLoader(train, batch_size=8):
@@ -125,6 +132,7 @@ def test_short_episodic_training_segments_unseen_classes():
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
         losses.append(loss.item())
     assert sum(losses[-25:]) < 0.5 * sum(losses[:25]), (losses[:25], losses[-25:])
 

@@ -65,6 +65,35 @@ def test_patch_16_is_monai_unetr(spatial_dims):
     assert torch.allclose(out, expected, atol=1e-5)
 
 
+def _forward_from_hidden_states(net: UNETR, x: torch.Tensor) -> torch.Tensor:
+    """UNETR's forward as it was before ``forward_intermediates``: taps picked from ``hidden_states``."""
+    tokens, hidden = net.vit(x)
+    n = net.num_stages
+    skips = [getattr(net, f"encoder{j}")(net.proj_feat(hidden[k])) for j, k in zip(range(n, 1, -1), net.skip_layers)]
+    dec = net.proj_feat(tokens)
+    for j, skip in zip(range(n + 1, 1, -1), [*skips, net.encoder1(x)]):
+        dec = getattr(net, f"decoder{j}")(dec, skip)
+    return net.out(dec)
+
+
+@pytest.mark.parametrize("spatial_dims, patch", [(2, 2), (2, 4), (2, 8), (3, 4)])
+def test_forward_is_unchanged_by_forward_intermediates(spatial_dims, patch):
+    img = img_size(spatial_dims)
+    net = UNETR(2, 3, img, patch_size=patch, spatial_dims=spatial_dims, **TINY).eval()
+    x = torch.rand(2, 2, *(img,) * spatial_dims)
+    assert torch.equal(net(x), _forward_from_hidden_states(net, x))
+
+
+@pytest.mark.parametrize("use_flash_attention", [True, False])
+def test_dropout_only_in_training(use_flash_attention):
+    """MONAI 1.6.1's fused attention applied dropout_rate in eval() too: two calls differed."""
+    net = UNETR(1, 2, 32, patch_size=8, spatial_dims=2, dropout_rate=0.2, use_flash_attention=use_flash_attention,
+                **TINY).eval()  # fmt: skip
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(net(x), net(x))
+    assert not torch.equal(net.train()(x), net(x))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

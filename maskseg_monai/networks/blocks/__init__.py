@@ -6,16 +6,24 @@ from maskseg_monai.networks.blocks.similarity import (
     MaskedAveragePooling,
     cosine_guidance,
     masked_average_pooling,
+    resize_to,
 )
-from maskseg_monai.networks.blocks.vit_encoder import SUPPORTED_POS_EMBED, ViTEncoder, transformer_blocks
+from maskseg_monai.networks.blocks.vit_encoder import (
+    SUPPORTED_POS_EMBED,
+    TrainingAwareSABlock,
+    ViTEncoder,
+    transformer_blocks,
+)
 
 __all__ = [
     "CosineSimilarityGuidance",
     "MaskedAveragePooling",
     "SUPPORTED_MAP_RESIZE",
     "SUPPORTED_POS_EMBED",
+    "TrainingAwareSABlock",
     "ViTEncoder",
     "cosine_guidance",
     "masked_average_pooling",
+    "resize_to",
     "transformer_blocks",
 ]

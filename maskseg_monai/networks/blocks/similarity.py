@@ -9,6 +9,8 @@ carry a shot axis, ``[B, K, C, *spatial]`` and ``[B, K, 1, *spatial]``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
@@ -20,10 +22,19 @@ __all__ = [
     "MaskedAveragePooling",
     "cosine_guidance",
     "masked_average_pooling",
+    "resize_to",
 ]
 
 SUPPORTED_MAP_RESIZE = ("features_to_mask", "mask_to_features")
 _INTERP = {2: "bilinear", 3: "trilinear"}
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Images, feature maps or logits ``[B, C, *spatial]`` interpolated to ``size``: bilinear in 2D, trilinear in 3D,
+    ``align_corners=False``; ``x`` itself when it has that size already."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode=_INTERP[x.ndim - 2], align_corners=False)
 
 
 def _check_layout(features: torch.Tensor, mask: torch.Tensor) -> None:
@@ -72,9 +83,8 @@ def masked_average_pooling(
     mask = mask.to(features.dtype)
     spatial_f, spatial_m = features.shape[2:], mask.shape[2:]
     if spatial_f != spatial_m:
-        mode = _INTERP[features.ndim - 2]
         if resize == "features_to_mask":
-            features = F.interpolate(features, size=spatial_m, mode=mode, align_corners=False)
+            features = resize_to(features, spatial_m)
         else:
             mask = F.adaptive_avg_pool2d(mask, spatial_f) if mask.ndim == 4 else F.adaptive_avg_pool3d(mask, spatial_f)
     dims = tuple(range(2, features.ndim))

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
+from monai.networks.blocks import PatchEmbeddingBlock, SABlock, TransformerBlock
 from monai.utils import ensure_tuple_rep, look_up_option
 
 from maskseg_monai.masking.patches import grid_size
 from maskseg_monai.utils import as_bool
 
-__all__ = ["ViTEncoder", "SUPPORTED_POS_EMBED", "transformer_blocks"]
+__all__ = ["ViTEncoder", "SUPPORTED_POS_EMBED", "TrainingAwareSABlock", "transformer_blocks"]
 
 SUPPORTED_POS_EMBED = {"sincos", "learnable"}
 
@@ -32,6 +32,28 @@ def check_embed_dim(name: str, dim: int, num_heads: int, spatial_dims: int, pos_
         )
 
 
+class TrainingAwareSABlock(SABlock):
+    """MONAI's :class:`~monai.networks.blocks.SABlock` whose fused path drops attention weights only in training.
+
+    MONAI 1.6.1's fused path calls ``F.scaled_dot_product_attention(..., dropout_p=self.dropout_rate)`` whatever
+    ``self.training`` is, so with ``use_flash_attention=True`` and ``dropout_rate > 0`` a network in ``eval()``
+    mode still drops attention weights and two calls on the same input differ (its explicit path uses
+    ``nn.Dropout``, which follows ``training``). Here ``dropout_rate`` reads
+    ``self.drop_weights.p if self.training else 0.0``, as timm's ``Attention`` passes
+    ``dropout_p=self.attn_drop.p if self.training else 0.``; nothing else changes (parameters, state dict and the
+    explicit path are MONAI's).
+    """
+
+    @property
+    def dropout_rate(self) -> float:
+        """Attention-weight dropout of the fused path: the block's rate while training, 0 in ``eval()``."""
+        return self.drop_weights.p if self.training else 0.0
+
+    @dropout_rate.setter
+    def dropout_rate(self, value: float) -> None:
+        self.drop_weights.p = float(value)
+
+
 def transformer_blocks(
     num_layers: int,
     hidden_size: int,
@@ -45,7 +67,23 @@ def transformer_blocks(
 
     MONAI's block always creates a ``norm_cross_attn`` layer, unused without cross-attention; it is
     frozen here so that it gets no gradient and DDP needs no ``find_unused_parameters``. It stays in
-    the state dict, which keeps the key layout of MONAI's ``ViT``.
+    the state dict, which keeps the key layout of MONAI's ``ViT``. Each block's attention is made a
+    :class:`TrainingAwareSABlock` (in place, so the weights, their initialisation and the keys are MONAI's):
+    MONAI's fused attention would otherwise apply ``dropout_rate`` in ``eval()`` mode too.
+
+    Args:
+        num_layers: number of blocks.
+        hidden_size: token width ``D``.
+        mlp_dim: width of each block's MLP.
+        num_heads: attention heads; must divide ``hidden_size``.
+        dropout_rate: dropout of the attention weights, the attention output and the MLP, in training only.
+            Defaults to 0.
+        qkv_bias: bias on the qkv projection. Defaults to True.
+        use_flash_attention: fused ``F.scaled_dot_product_attention``; False for MONAI's explicit attention.
+            Defaults to True.
+
+    Returns:
+        the blocks; each maps tokens ``[B, L, D]`` to ``[B, L, D]``.
     """
     blocks = nn.ModuleList(
         [
@@ -57,6 +95,9 @@ def transformer_blocks(
     )
     for blk in blocks:
         blk.norm_cross_attn.requires_grad_(False)
+        # MONAI builds its SABlock inside TransformerBlock; swapping the class keeps its weights and the RNG stream
+        vars(blk.attn).pop("dropout_rate", None)  # now the property, backed by drop_weights.p (the same rate)
+        blk.attn.__class__ = TrainingAwareSABlock
     return blocks
 
 
@@ -160,6 +201,18 @@ class ViTEncoder(nn.Module):
                 f"expected input [B, {', '.join(map(str, expected))}] (channels, spatial size), got {tuple(x.shape)}."
             )
 
+    def tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens of the whole patch grid ``[B, L, D]`` as a feature map ``[B, D, *grid_size]``."""
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid_size)
+
+    def _embed(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens ``[B, L_keep or L, D]`` of ``x`` ``[B, C, *img_size]``, position embedding added."""
+        self.check_input(x)
+        tokens = self.patch_embedding(x)
+        if ids_keep is not None:
+            tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        return tokens
+
     def forward(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode an image, optionally keeping only some patches.
 
@@ -171,12 +224,65 @@ class ViTEncoder(nn.Module):
             normalised tokens ``[B, L_keep or L, hidden_size]`` and the list of each block's output
             (before the final norm), as MONAI's ``ViT`` returns them.
         """
-        self.check_input(x)
-        tokens = self.patch_embedding(x)
-        if ids_keep is not None:
-            tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        tokens = self._embed(x, ids_keep)
         hidden_states = []
         for blk in self.blocks:
             tokens = blk(tokens)
             hidden_states.append(tokens)
         return self.norm(tokens), hidden_states
+
+    def resolve_indices(self, indices: Sequence[int]) -> list[int]:
+        """Block indices made non-negative (``-1`` is the last block), in the order given.
+
+        Raises:
+            ValueError: when an index is not an int in ``[-num_layers, num_layers - 1]``.
+        """
+        n = len(self.blocks)
+        if isinstance(indices, (int, str)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+            raise ValueError(f"indices must be a sequence of block indices (ints), got {indices!r}.")
+        bad = [i for i in indices if not -n <= i < n]
+        if bad:
+            raise ValueError(
+                f"block indices {bad} are out of range: the encoder has {n} blocks, valid indices are "
+                f"{-n}..{n - 1} (negative ones count from the last block)."
+            )
+        return [i % n for i in indices]
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int], final: bool = False) -> list[torch.Tensor]:
+        """Outputs of chosen blocks as feature maps, for heads that tap the encoder (UNETR skips, SG-One sides).
+
+        As timm's ``VisionTransformer.forward_intermediates`` with ``output_fmt="NCHW"``: block outputs (before the
+        final norm, as in :meth:`forward`'s list) are reshaped from tokens ``[B, L, D]`` to maps over the patch grid.
+        Blocks after the last one needed are not run unless ``final``.
+
+        Args:
+            x: images ``[B, C, *img_size]`` (all patches are encoded).
+            indices: block indices, ``0 .. num_layers - 1`` or negative from the end (``-1``: the last block); the
+                maps come in this order.
+            final: also return the normalised output of the last block (``forward(x)[0]`` as a map), after the
+                others. Defaults to False.
+
+        Returns:
+            one map ``[B, hidden_size, *grid_size]`` per index, then the final one when ``final``.
+
+        Raises:
+            ValueError: when an index is out of range, or ``x`` has the wrong shape.
+
+        Example::
+
+            >>> enc = ViTEncoder(1, 32, 8, hidden_size=48, mlp_dim=96, num_layers=4, num_heads=4, spatial_dims=2)
+            >>> [m.shape for m in enc.forward_intermediates(torch.rand(2, 1, 32, 32), [1, -1])]
+            [torch.Size([2, 48, 4, 4]), torch.Size([2, 48, 4, 4])]
+        """
+        wanted = self.resolve_indices(indices)
+        tokens = self._embed(x)
+        stop = len(self.blocks) if final else max(wanted, default=-1) + 1
+        taken: dict[int, torch.Tensor] = {}
+        for i, blk in enumerate(self.blocks[:stop]):
+            tokens = blk(tokens)
+            if i in wanted:
+                taken[i] = tokens
+        maps = [self.tokens_to_map(taken[i]) for i in wanted]
+        if final:
+            maps.append(self.tokens_to_map(self.norm(tokens)))
+        return maps
