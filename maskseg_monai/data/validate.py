@@ -115,11 +115,7 @@ class SkippingDataset(Dataset):
             message = _item_message(item, e)
             logger.warning(f"skipping input: {message}")
             placeholder = MetaTensor(torch.zeros(self.placeholder_shape), meta={"filename_or_obj": _item_files(item)})
-            return {
-                **{k: v for k, v in item.items() if k != self.image_key},
-                self.image_key: placeholder,
-                FAILED_KEY: message,
-            }
+            return {**item, self.image_key: placeholder, FAILED_KEY: message}
 
 
 class _BadItem:
