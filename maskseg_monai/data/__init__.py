@@ -10,6 +10,7 @@ from maskseg_monai.data.demo import (
 from maskseg_monai.data.dicom import (
     IMAGE_EXTENSIONS,
     SERIES_UID_KEY,
+    holds_only,
     inference_inputs,
     list_dicom_series,
     output_names,
@@ -35,6 +36,7 @@ __all__ = [
     "read_resampled_series",
     "IMAGE_EXTENSIONS",
     "SERIES_UID_KEY",
+    "holds_only",
     "inference_inputs",
     "list_dicom_series",
     "output_names",

@@ -22,6 +22,7 @@ from maskseg_monai.utils import output_stem, safe_stem
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SERIES_UID_KEY",
+    "holds_only",
     "inference_inputs",
     "list_dicom_series",
     "output_names",
@@ -106,6 +107,11 @@ def resolve_dicom_series(folder: str | os.PathLike, series_uid: str | None = Non
         )
     ((uid, files),) = series.items()
     return uid, files
+
+
+def holds_only(folder: str | os.PathLike, files: Sequence[str | os.PathLike]) -> bool:
+    """Whether ``files`` are all the DICOM files directly in ``folder`` (so a reader may read the folder itself)."""
+    return {Path(f) for f in files} == {p for p in _candidate_files(Path(folder), False) if _read_header(p) is not None}
 
 
 def _has_dicom(folder: Path) -> bool:

@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, SaveImage
 
 from maskseg_monai.data import FAILED_KEY
-from maskseg_monai.data.dicom import SERIES_UID_KEY, _candidate_files, _read_header, resolve_dicom_series
+from maskseg_monai.data.dicom import SERIES_UID_KEY, holds_only, resolve_dicom_series
 from maskseg_monai.data.dicom_seg import write_dicom_seg
 from maskseg_monai.data.dicom_series import DEFAULT_SPACING_TOLERANCE, check_dicom_series, read_resampled_series
 from maskseg_monai.utils import BadInputError, as_bool, output_stem, safe_stem
@@ -97,7 +97,7 @@ class LoadMedicalImaged(MapTransform):
         series = check_dicom_series(files, path, self.spacing_tolerance, self.allow_irregular_spacing)
         if not series.regular:
             out = self._resampled(series, path)
-        elif set(files) == {p for p in _candidate_files(path, False) if _read_header(p) is not None}:
+        elif holds_only(path, files):
             out = self.load_dicom(str(path))
         else:  # the folder holds other series or DICOM files: read the selected files only
             with tempfile.TemporaryDirectory(prefix="maskseg-series-") as tmp:
