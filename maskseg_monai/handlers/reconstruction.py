@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler, from_engine
 
+from maskseg_monai.metrics.baselines import BaselineReconstructionMetric
 from maskseg_monai.metrics.reconstruction import ReconstructionMetric, reconstruct_image
 from maskseg_monai.utils import as_bool, atomic_write, output_stem
 
@@ -30,6 +31,10 @@ class ReconstructionMetricHandler(IgniteMetricHandler):
         output_transform: engine output -> ``(y_pred, y)``. Defaults to ``from_engine(["pred", "label"])``;
             the bundles' ``prepare_batch`` makes the image its own label.
         save_details: keep per-image values in ``engine.state.metric_details``.
+        fill: score a baseline fill on the network's masks instead of the network
+            (:class:`~maskseg_monai.metrics.BaselineReconstructionMetric`: ``"visible_mean"``, ``"gaussian"``);
+            ``None`` scores the network.
+        sigma: Gaussian sigma of the ``"gaussian"`` fill, chosen on training images.
     """
 
     def __init__(
@@ -40,8 +45,13 @@ class ReconstructionMetricHandler(IgniteMetricHandler):
         data_range: float = 1.0,
         output_transform: Callable = from_engine(["pred", "label"]),
         save_details: bool = True,
+        fill: str | None = None,
+        sigma: float | None = None,
     ) -> None:
-        metric_fn = ReconstructionMetric(name, patch_size, norm_pix_loss, data_range)
+        if fill is None:
+            metric_fn = ReconstructionMetric(name, patch_size, norm_pix_loss, data_range)
+        else:
+            metric_fn = BaselineReconstructionMetric(name, fill, sigma=sigma, data_range=data_range)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
 

@@ -4,6 +4,7 @@ object size, detection F1) and how well a masking policy hits lesions."""
 from maskseg_monai.metrics.baselines import (
     DEFAULT_SIGMAS,
     SUPPORTED_FILLS,
+    BaselineReconstructionMetric,
     baseline_fill,
     choose_sigma,
     gaussian_fill,
@@ -28,6 +29,7 @@ from maskseg_monai.metrics.segmentation import (
 )
 
 __all__ = [
+    "BaselineReconstructionMetric",
     "DEFAULT_SIGMAS",
     "SUPPORTED_FILLS",
     "baseline_fill",

@@ -22,9 +22,18 @@ import torch
 from monai.networks.layers import GaussianFilter
 from monai.utils import look_up_option
 
-from maskseg_monai.metrics.reconstruction import region_psnr
+from maskseg_monai.masking.outputs import split_mae_output
+from maskseg_monai.metrics.reconstruction import ReconstructionMetric, reconstruction_metrics, region_psnr
 
-__all__ = ["SUPPORTED_FILLS", "DEFAULT_SIGMAS", "baseline_fill", "choose_sigma", "gaussian_fill", "visible_mean_fill"]
+__all__ = [
+    "SUPPORTED_FILLS",
+    "DEFAULT_SIGMAS",
+    "BaselineReconstructionMetric",
+    "baseline_fill",
+    "choose_sigma",
+    "gaussian_fill",
+    "visible_mean_fill",
+]
 
 SUPPORTED_FILLS = ("global_mean", "visible_mean", "gaussian")
 #: sigma grid (pixels) searched by :func:`choose_sigma`
@@ -116,3 +125,42 @@ def choose_sigma(
         for s in sigmas
     ]
     return float(sigmas[max(range(len(sigmas)), key=scores.__getitem__)])
+
+
+class BaselineReconstructionMetric(ReconstructionMetric):
+    """:class:`~maskseg_monai.metrics.ReconstructionMetric` of a fill that needs no learning, on the network output's
+    own masks: the score the model has to beat, computed the same way (PSNR/SSIM over masked pixels or all).
+
+    Args:
+        name: one of ``"psnr_masked"``, ``"psnr_all"``, ``"ssim_masked"``, ``"ssim_all"``.
+        fill: one of :data:`SUPPORTED_FILLS`.
+        sigma: Gaussian sigma (pixels) of the ``"gaussian"`` fill, chosen on training images (:func:`choose_sigma`).
+        global_mean: per-channel training mean of the ``"global_mean"`` fill.
+        data_range: image intensity range. Defaults to 1.
+        reduction: MONAI metric reduction. Defaults to ``"mean"``.
+        get_not_nans: also return the count of non-NaN values.
+
+    Raises:
+        ValueError: on an unknown ``name`` or ``fill``, or a fill without its parameter.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fill: str,
+        sigma: float | None = None,
+        global_mean: float | Sequence[float] | None = None,
+        data_range: float = 1.0,
+        reduction: str = "mean",
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__(name, patch_size=1, data_range=data_range, reduction=reduction, get_not_nans=get_not_nans)
+        self.fill = look_up_option(fill, SUPPORTED_FILLS)
+        if self.fill == "gaussian" and sigma is None or self.fill == "global_mean" and global_mean is None:
+            raise ValueError(f"the {self.fill} fill needs {'sigma' if self.fill == 'gaussian' else 'global_mean'}.")
+        self.sigma, self.global_mean = sigma, global_mean
+
+    def _compute_metric(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        mask = split_mae_output(y_pred.float(), y.shape[1]).mask
+        filled = baseline_fill(self.fill, y, mask, self.sigma, self.global_mean)
+        return reconstruction_metrics(filled, y, mask, self.data_range)[self.name][:, None]

@@ -66,3 +66,22 @@ def test_bad_arguments():
         baseline_fill("global_mean", x, m)
     with pytest.raises(ValueError, match="gaussian"):
         baseline_fill("interp", x, m)
+
+
+def test_baseline_metric_scores_the_fill_on_the_network_masks():
+    from maskseg_monai.handlers import ReconstructionMetricHandler
+    from maskseg_monai.metrics import BaselineReconstructionMetric
+
+    x, m = smooth_images(), masks((32, 32))
+    output = torch.cat([torch.rand_like(x), m], 1)  # a network output: a (random) reconstruction, then the mask
+    metric = BaselineReconstructionMetric("psnr_masked", "visible_mean")
+    metric(output, x)
+    expected = region_psnr(visible_mean_fill(x, m), x, m).mean()
+    assert torch.allclose(metric.aggregate(), expected)
+    interp = BaselineReconstructionMetric("psnr_masked", "gaussian", sigma=2.0)
+    interp(output, x)
+    assert float(interp.aggregate()) > float(expected) + 10
+    with pytest.raises(ValueError, match="needs sigma"):
+        BaselineReconstructionMetric("psnr_masked", "gaussian")
+    handler = ReconstructionMetricHandler("psnr_masked", 4, fill="gaussian", sigma=2.0)
+    assert isinstance(handler.metric_fn, BaselineReconstructionMetric) and handler.metric_fn.sigma == 2.0
