@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import torch
 
-from maskseg_monai.data.dicom_series import _LPS_RAS, _grid_affine
+from maskseg_monai.data.dicom_series import _LPS_RAS, _grid_affine, order_slices
 from maskseg_monai.utils import atomic_write
 
 __all__ = ["write_dicom_seg"]
@@ -39,23 +40,19 @@ def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _sorted_slices(source_files: Sequence[str | os.PathLike]) -> list[pydicom.Dataset]:
-    """Headers of one series' single-frame slices, sorted along the slice normal; checks they form one grid."""
+    """Headers of one series' single-frame slices, sorted along the slice normal; checks they form one stack
+    (:func:`~maskseg_monai.data.dicom_series.order_slices`) with a PixelSpacing."""
     if not source_files:
         raise ValueError("source_files is empty: a DICOM SEG needs the source series' files.")
-    slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
-    first = slices[0]
-    for f, ds in zip(source_files, slices):
-        missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in ds]
-        if missing or int(ds.get("NumberOfFrames", 1) or 1) != 1:
-            raise ValueError(f"{f}: not a single-frame slice with {', '.join(missing) or 'one frame'}.")
-        if ds.SeriesInstanceUID != first.SeriesInstanceUID:
-            raise ValueError(f"{f}: belongs to another series than {source_files[0]}; pass the files of one series.")
-        same = (ds.Rows, ds.Columns) == (first.Rows, first.Columns)
-        if not same or not np.allclose(ds.ImageOrientationPatient, first.ImageOrientationPatient, atol=1e-4):
-            raise ValueError(f"{f}: slice size or orientation differs from {source_files[0]}.")
-    orient = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
-    normal = np.cross(orient[:3], orient[3:])
-    return sorted(slices, key=lambda s: float(np.dot(normal, np.asarray(s.ImagePositionPatient, dtype=np.float64))))
+    files = [Path(f) for f in source_files]
+    slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    missing = [f for f, ds in zip(files, slices) if "PixelSpacing" not in ds]
+    if missing:
+        raise ValueError(f"{missing[0]}: not a slice with PixelSpacing; a DICOM SEG needs the source pixel grid.")
+    # the spacing was checked when the series was read; the SEG's frames follow whatever stack it is
+    series = order_slices(files, slices, files[0].parent, allow_irregular_spacing=True)
+    by_file = dict(zip(files, slices))
+    return [by_file[f] for f in series.files]
 
 
 def _to_slice_grid(mask: np.ndarray, affine: np.ndarray | None, grid: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -14,7 +14,7 @@ import pydicom
 
 from maskseg_monai.utils import BadInputError
 
-__all__ = ["DEFAULT_SPACING_TOLERANCE", "DicomSeries", "check_dicom_series", "read_resampled_series"]
+__all__ = ["order_slices", "DEFAULT_SPACING_TOLERANCE", "DicomSeries", "check_dicom_series", "read_resampled_series"]
 
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -119,6 +119,27 @@ def check_dicom_series(
             f"{where}: {len(bad)} of {len(files)} slice files are unreadable or incomplete ({detail}). "
             "Re-export the series, or remove those files if the slices are not needed."
         )
+    return order_slices(files, headers, where, spacing_tolerance, allow_irregular_spacing)
+
+
+def order_slices(
+    files: Sequence[Path],
+    headers: Sequence[pydicom.Dataset],
+    where: str | os.PathLike,
+    spacing_tolerance: float = DEFAULT_SPACING_TOLERANCE,
+    allow_irregular_spacing: bool = False,
+) -> DicomSeries:
+    """The geometry checks of :func:`check_dicom_series` on headers already read (pixel data not needed): one
+    series, single-frame slices placed in space, one orientation and size, unique and (unless allowed otherwise)
+    evenly spaced positions along the normal. ``headers[i]`` is the header of ``files[i]``; messages name ``where``.
+
+    Returns:
+        :class:`DicomSeries` with the files sorted along the normal.
+
+    Raises:
+        BadInputError: on any violation.
+    """
+    files = list(files)
     first = headers[0]
     for key in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient"):
         missing = [f for f, ds in zip(files, headers) if key not in ds]
