@@ -24,6 +24,7 @@ from maskseg_monai.data.dicom_series import (
     read_resampled_series,
 )
 from maskseg_monai.data.manifest import ManifestError, VerificationError, load_manifest, prepare_dataset
+from maskseg_monai.data.sampling import repeat_dataset, sample_crops
 from maskseg_monai.data.synthetic import BLOOD_CLASSES, MIN_SCENE_SIZE, blood_smear_scene
 from maskseg_monai.data.validate import FAILED_KEY, CheckedCacheDataset, SkippingDataset, datalist_labels, load_datalist
 
@@ -57,4 +58,6 @@ __all__ = [
     "load_manifest",
     "materialize_demo",
     "prepare_dataset",
+    "repeat_dataset",
+    "sample_crops",
 ]

@@ -30,6 +30,7 @@ __all__ = [
 
 DEMO_SETS: tuple[str, ...] = (
     "nuclei2d",
+    "nuclei2d_regions",
     "bloodsmear2d",
     "bloodsmear3d",
     "brain3d",

@@ -111,24 +111,39 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _build_nuclei2d(out: SetWriter) -> tuple[dict, str]:
+def _nuclei_source() -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """The 512x512 nuclei image (uint8), its instance ids (uint16) and the provenance sections they share."""
     img_path, mask_path = _source(ASSETS_DIR / "img2d.tif"), _source(ASSETS_DIR / "mask2d.tif")
     image, instances = tifffile.imread(img_path), tifffile.imread(mask_path)
     if image.shape != (512, 512) or instances.shape != (512, 512) or image.max() > 255:
         raise ValueError(f"{img_path}: expected two 512x512 arrays with image values <= 255.")
-    image_t, inst_t = _tiles(image.astype(np.uint8)), _tiles(instances.astype(np.uint16))
-    items: dict[str, list] = {"training": [], "validation": []}
-    for r, c in np.ndindex(image_t.shape[:2]):
-        stem = f"tile_r{r}_c{c}"
-        item = {
-            "image": out.put(f"images/{stem}.png", png_bytes(image_t[r, c])),
-            "label": out.put(f"labels/{stem}.png", png_bytes((inst_t[r, c] > 0).astype(np.uint8))),
-            "label_instances": out.put(f"instances/{stem}.png", png_bytes(inst_t[r, c])),
-        }
-        items["validation" if r >= 4 and c >= 4 else "training"].append(item)
-    datalist = {
-        "name": "nuclei2d",
-        "description": "Fluorescence nuclei (2018 Data Science Bowl), one 512x512 image tiled into 64 tiles of 64x64.",
+    sections = {
+        "Source": "2018 Data Science Bowl `stage1_train` (BBBC038v1), as shipped in the StarDist 0.9.2 wheel "
+        "(`stardist/data/images/`); copied into `maskseg_monai/data/assets/` (see `ATTRIBUTION.md` there).",
+        "Original files": "| file | package | sha256 |\n|---|---|---|\n"
+        + _file_row(img_path, "maskseg_monai/data/assets", "img2d.tif")
+        + "\n"
+        + _file_row(mask_path, "maskseg_monai/data/assets", "mask2d.tif"),
+        "Licence": "Image data: CC0 1.0 (Broad Bioimage Benchmark Collection, BBBC038v1). StarDist, which "
+        "distributes the copies, is BSD-3-Clause, Copyright (c) 2018-2025, Uwe Schmidt, Martin Weigert.",
+        "Attribution": "Caicedo, J. C. et al. Nucleus segmentation across imaging experiments: the 2018 Data "
+        "Science Bowl. Nature Methods 16, 1247-1253 (2019). doi:10.1038/s41592-019-0612-7",
+    }
+    return image.astype(np.uint8), instances.astype(np.uint16), sections
+
+
+def _nuclei_item(out: SetWriter, stem: str, image: np.ndarray, instances: np.ndarray) -> dict[str, str]:
+    return {
+        "image": out.put(f"images/{stem}.png", png_bytes(image)),
+        "label": out.put(f"labels/{stem}.png", png_bytes((instances > 0).astype(np.uint8))),
+        "label_instances": out.put(f"instances/{stem}.png", png_bytes(instances)),
+    }
+
+
+def _nuclei_datalist(name: str, description: str, items: dict[str, list]) -> dict:
+    return {
+        "name": name,
+        "description": description,
         "licence": "CC0-1.0",
         "reference": "Caicedo et al., Nature Methods 16, 1247-1253 (2019), doi:10.1038/s41592-019-0612-7",
         "tensorImageSize": "2D",
@@ -136,30 +151,61 @@ def _build_nuclei2d(out: SetWriter) -> tuple[dict, str]:
         "labels": {"0": "background", "1": "nucleus"},
         **items,
     }
-    provenance = _provenance(
-        "nuclei2d",
-        {
-            "Source": "2018 Data Science Bowl `stage1_train` (BBBC038v1), as shipped in the StarDist 0.9.2 wheel "
-            "(`stardist/data/images/`); copied into `maskseg_monai/data/assets/` (see `ATTRIBUTION.md` there).",
-            "Original files": "| file | package | sha256 |\n|---|---|---|\n"
-            + _file_row(img_path, "maskseg_monai/data/assets", "img2d.tif")
-            + "\n"
-            + _file_row(mask_path, "maskseg_monai/data/assets", "mask2d.tif"),
-            "Licence": "Image data: CC0 1.0 (Broad Bioimage Benchmark Collection, BBBC038v1). StarDist, which "
-            "distributes the copies, is BSD-3-Clause, Copyright (c) 2018-2025, Uwe Schmidt, Martin Weigert.",
-            "Attribution": "Caicedo, J. C. et al. Nucleus segmentation across imaging experiments: the 2018 Data "
-            "Science Bowl. Nature Methods 16, 1247-1253 (2019). doi:10.1038/s41592-019-0612-7",
-            "Processing": "- The 512x512 uint16 image (values 0-235) is stored losslessly as 8-bit grayscale PNG.\n"
-            "- Both arrays are cut into an 8x8 grid of 64x64 tiles, `tile_r{row}_c{col}`.\n"
-            "- `labels/`: binary uint8 PNG, 1 = nucleus (instance id > 0); touching nuclei merge.\n"
-            "- `instances/`: uint16 PNG with the original instance ids (not renumbered; nuclei cut by a tile "
-            "border keep their id in every tile).",
-            "Split": "Validation is the bottom-right 4x4 block of tiles (rows 4-7, columns 4-7; 16 tiles), training "
-            "the other 48. A contiguous block keeps validation tiles together, so only nuclei on the block's two "
-            "inner edges are shared (cut) between training and validation.",
-        },
+
+
+_NUCLEI_FILES = (
+    "- `labels/`: binary uint8 PNG, 1 = nucleus (instance id > 0); touching nuclei merge.\n"
+    "- `instances/`: uint16 PNG with the original instance ids (not renumbered; nuclei cut by a tile "
+    "border keep their id in every tile)."
+)
+
+
+def _build_nuclei2d(out: SetWriter) -> tuple[dict, str]:
+    image, instances, sections = _nuclei_source()
+    image_t, inst_t = _tiles(image), _tiles(instances)
+    items: dict[str, list] = {"training": [], "validation": []}
+    for r, c in np.ndindex(image_t.shape[:2]):
+        item = _nuclei_item(out, f"tile_r{r}_c{c}", image_t[r, c], inst_t[r, c])
+        items["validation" if r >= 4 and c >= 4 else "training"].append(item)
+    description = "Fluorescence nuclei (2018 Data Science Bowl), one 512x512 image tiled into 64 tiles of 64x64."
+    sections["Processing"] = (
+        "- The 512x512 uint16 image (values 0-235) is stored losslessly as 8-bit grayscale PNG.\n"
+        "- Both arrays are cut into an 8x8 grid of 64x64 tiles, `tile_r{row}_c{col}`.\n" + _NUCLEI_FILES
     )
-    return datalist, provenance
+    sections["Split"] = (
+        "Validation is the bottom-right 4x4 block of tiles (rows 4-7, columns 4-7; 16 tiles), training "
+        "the other 48. A contiguous block keeps validation tiles together, so only nuclei on the block's two "
+        "inner edges are shared (cut) between training and validation."
+    )
+    return _nuclei_datalist("nuclei2d", description, items), _provenance("nuclei2d", sections)
+
+
+def _build_nuclei2d_regions(out: SetWriter) -> tuple[dict, str]:
+    image, instances, sections = _nuclei_source()
+    items: dict[str, list] = {"training": [], "validation": []}
+    for name, (r, c) in {"top_left": (0, 0), "top_right": (0, 256), "bottom_left": (256, 0)}.items():
+        window = np.s_[r : r + 256, c : c + 256]
+        items["training"].append(_nuclei_item(out, f"region_{name}", image[window], instances[window]))
+    image_t, inst_t = _tiles(image[256:, 256:]), _tiles(instances[256:, 256:])
+    for r, c in np.ndindex(image_t.shape[:2]):
+        items["validation"].append(_nuclei_item(out, f"tile_r{r + 4}_c{c + 4}", image_t[r, c], inst_t[r, c]))
+    description = (
+        "Fluorescence nuclei (2018 Data Science Bowl) for pretraining on random crops: three 256x256 quadrants "
+        "of one 512x512 image to train on, the fourth tiled into 16 validation tiles of 64x64."
+    )
+    sections["Processing"] = (
+        "- The 512x512 uint16 image (values 0-235) is stored losslessly as 8-bit grayscale PNG.\n"
+        "- Training: the top-left, top-right and bottom-left 256x256 quadrants, `region_<name>`, for random "
+        "crops (the bundles' `RandSpatialCropd`).\n"
+        "- Validation: the bottom-right quadrant cut into a 4x4 grid of 64x64 tiles, `tile_r{row}_c{col}` "
+        "numbered as in `nuclei2d` (rows and columns 4-7).\n" + _NUCLEI_FILES
+    )
+    sections["Split"] = (
+        "Validation is the bottom-right quadrant, the same pixels as the `nuclei2d` validation tiles, so an encoder "
+        "pretrained on this set has never seen the pixels a UNETR fine-tuned on `nuclei2d` is validated on. "
+        "Only nuclei cut by the quadrant's two inner edges are shared between training and validation."
+    )
+    return _nuclei_datalist("nuclei2d_regions", description, items), _provenance("nuclei2d_regions", sections)
 
 
 def _blood_datalist(out: SetWriter, spatial_dims: int, n_train: int, n_val: int) -> dict:
@@ -497,6 +543,7 @@ def _build_textures2d(out: SetWriter) -> tuple[dict, str]:
 
 BUILDERS: dict[str, Callable[[SetWriter], tuple[dict, str]]] = {
     "nuclei2d": _build_nuclei2d,
+    "nuclei2d_regions": _build_nuclei2d_regions,
     "bloodsmear2d": _build_bloodsmear2d,
     "bloodsmear3d": _build_bloodsmear3d,
     "brain3d": _build_brain3d,

@@ -32,9 +32,12 @@ class ReconstructionMetricHandler(IgniteMetricHandler):
             the bundles' ``prepare_batch`` makes the image its own label.
         save_details: keep per-image values in ``engine.state.metric_details``.
         fill: score a baseline fill on the network's masks instead of the network
-            (:class:`~maskseg_monai.metrics.BaselineReconstructionMetric`: ``"visible_mean"``, ``"gaussian"``);
+            (:class:`~maskseg_monai.metrics.BaselineReconstructionMetric`: ``"global_mean"``, ``"visible_mean"``,
+            ``"gaussian"``);
             ``None`` scores the network.
         sigma: Gaussian sigma of the ``"gaussian"`` fill, chosen on training images.
+        global_mean: per-channel training mean of the ``"global_mean"`` fill
+            (:func:`~maskseg_monai.metrics.fit_baselines` gives both).
     """
 
     def __init__(
@@ -47,11 +50,12 @@ class ReconstructionMetricHandler(IgniteMetricHandler):
         save_details: bool = True,
         fill: str | None = None,
         sigma: float | None = None,
+        global_mean: float | Sequence[float] | None = None,
     ) -> None:
         if fill is None:
             metric_fn = ReconstructionMetric(name, patch_size, norm_pix_loss, data_range)
         else:
-            metric_fn = BaselineReconstructionMetric(name, fill, sigma=sigma, data_range=data_range)
+            metric_fn = BaselineReconstructionMetric(name, fill, sigma, global_mean, data_range)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
 

@@ -7,6 +7,7 @@ from maskseg_monai.metrics.baselines import (
     BaselineReconstructionMetric,
     baseline_fill,
     choose_sigma,
+    fit_baselines,
     gaussian_fill,
     visible_mean_fill,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "SUPPORTED_FILLS",
     "baseline_fill",
     "choose_sigma",
+    "fit_baselines",
     "gaussian_fill",
     "visible_mean_fill",
     "RECONSTRUCTION_METRICS",

@@ -16,13 +16,16 @@ Every fill keeps the visible pixels as they are, so only the masked pixels diffe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 from monai.networks.layers import GaussianFilter
 from monai.utils import look_up_option
 
+from maskseg_monai.masking.masks import generate_patch_mask
 from maskseg_monai.masking.outputs import split_mae_output
+from maskseg_monai.masking.patches import grid_size, patch_mask_to_image
 from maskseg_monai.metrics.reconstruction import ReconstructionMetric, reconstruction_metrics, region_psnr
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "BaselineReconstructionMetric",
     "baseline_fill",
     "choose_sigma",
+    "fit_baselines",
     "gaussian_fill",
     "visible_mean_fill",
 ]
@@ -125,6 +129,48 @@ def choose_sigma(
         for s in sigmas
     ]
     return float(sigmas[max(range(len(sigmas)), key=scores.__getitem__)])
+
+
+def fit_baselines(
+    images: torch.Tensor,
+    patch_size: Sequence[int] | int,
+    mask_ratio: float,
+    seed: int = 0,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    data_range: float = 1.0,
+) -> dict[str, float | list[float]]:
+    """Fit the two baselines that have a parameter on training images: the Gaussian fill's sigma and the global mean.
+
+    ``images`` are masked with uniformly random patch masks of ``patch_size`` at ``mask_ratio`` (drawn from
+    ``seed``), as the model's validation masks are; :func:`choose_sigma` picks the sigma on them. The result is
+    logged (logger ``maskseg_monai.baselines``), so every run states the baselines it is compared with.
+
+    Args:
+        images: ``[N, C, *spatial]`` training crops of the model's input size (e.g.
+            :func:`maskseg_monai.data.sample_crops`).
+        patch_size: the model's patch size.
+        mask_ratio: the validation mask ratio.
+        seed: seed of the masks.
+        sigmas: the sigma grid. Defaults to :data:`DEFAULT_SIGMAS`.
+        data_range: intensity range for PSNR.
+
+    Returns:
+        ``{"sigma": float, "global_mean": [one value per channel], "num_images": N}``.
+    """
+    if images.ndim not in (4, 5) or images.shape[0] == 0:
+        raise ValueError(f"fit_baselines needs training images [N, C, *spatial] with N > 0, got {tuple(images.shape)}.")
+    spatial = tuple(images.shape[2:])
+    generator = torch.Generator().manual_seed(int(seed))
+    num_patches = int(torch.tensor(grid_size(spatial, patch_size)).prod())
+    mask = generate_patch_mask(images.shape[0], num_patches, mask_ratio, generator=generator).mask
+    pixel_mask = patch_mask_to_image(mask, patch_size, spatial).to(images.device)
+    sigma = choose_sigma(images, pixel_mask, sigmas, data_range)
+    global_mean = images.float().mean(dim=(0, *range(2, images.ndim))).tolist()
+    logging.getLogger("maskseg_monai.baselines").info(
+        "baselines fitted on %d training crops (patch %s, mask ratio %s): gaussian sigma %s px, global mean %s",
+        images.shape[0], patch_size, mask_ratio, sigma, [round(v, 4) for v in global_mean],
+    )
+    return {"sigma": sigma, "global_mean": global_mean, "num_images": int(images.shape[0])}
 
 
 class BaselineReconstructionMetric(ReconstructionMetric):

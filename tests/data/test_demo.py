@@ -16,9 +16,10 @@ from scipy import ndimage as ndi
 
 from maskseg_monai.data import DEMO_SETS, demo_dicom_series_dir, ensure_demo_datalist, materialize_demo
 
-# name: (spatial shape or None when it varies, channels, n_training, n_validation, keys of each item)
+# name: (spatial shape, or {split: shape} when the splits differ, channels, n_training, n_validation, keys of each item)
 EXPECTED = {
     "nuclei2d": ((64, 64), 1, 48, 16, {"image", "label", "label_instances"}),
+    "nuclei2d_regions": ({"training": (256, 256), "validation": (64, 64)}, 1, 3, 16, {"image", "label", "label_instances"}),
     "bloodsmear2d": ((64, 64), 1, 32, 8, {"image", "label", "label_instances"}),
     "bloodsmear3d": ((32, 32, 32), 1, 8, 4, {"image", "label", "label_instances"}),
     "brain3d": ((39, 52, 80), 1, 3, 1, {"image", "label"}),
@@ -64,13 +65,14 @@ def test_datalist_loads_and_files_exist(demo_root, loader, name):
     assert (meta["numTraining"], meta["numValidation"]) == (n_train, n_val)
     for split, n in (("training", n_train), ("validation", n_val)):
         items = load_decathlon_datalist(path, True, split)
+        split_shape = shape[split] if isinstance(shape, dict) else shape
         assert len(items) == n
         for item in items:
             assert set(item) == keys
             for key, file in item.items():
                 assert Path(file).exists(), file
                 img = loader(file)
-                assert img.shape == (channels, *shape), (file, img.shape)
+                assert img.shape == (channels, *split_shape), (file, img.shape)
                 if key == "label" and name != "brain3d":
                     assert set(torch.unique(img).tolist()) <= {int(k) for k in meta["labels"]}
 
@@ -92,6 +94,29 @@ def test_brain_provenance_keeps_mni_notice(demo_root):
         "Copyright (C) 1993-2004 Louis Collins"
         in json.loads((demo_root / "brain3d" / "dataset.json").read_text())["licence"]
     )
+
+
+def test_nuclei_regions_hold_the_same_pixels_as_the_tiles(demo_root, loader):
+    """Three training quadrants + the validation quadrant's tiles = nuclei2d, split at the same place."""
+    tiles = {  # LoadImage's PIL reader gives [W, H]: .T back to the arrays' rows and columns
+        Path(item["image"]).stem: loader(item["image"])[0].T
+        for split in ("training", "validation")
+        for item in load_decathlon_datalist(demo_root / "nuclei2d" / "dataset.json", True, split)
+    }
+    whole = torch.zeros(512, 512)
+    for stem, tile in tiles.items():
+        r, c = (int(t[1:]) for t in stem.split("_")[1:])
+        whole[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64] = tile
+    path = demo_root / "nuclei2d_regions" / "dataset.json"
+    offsets = {"top_left": (0, 0), "top_right": (0, 256), "bottom_left": (256, 0)}
+    for item in load_decathlon_datalist(path, True, "training"):
+        r, c = offsets[Path(item["image"]).stem.removeprefix("region_")]
+        assert torch.equal(loader(item["image"])[0].T, whole[r : r + 256, c : c + 256])
+    validation = load_decathlon_datalist(path, True, "validation")
+    nuclei_val = load_decathlon_datalist(demo_root / "nuclei2d" / "dataset.json", True, "validation")
+    assert sorted(Path(i["image"]).name for i in validation) == sorted(Path(i["image"]).name for i in nuclei_val)
+    for item in validation:
+        assert torch.equal(loader(item["image"])[0].T, tiles[Path(item["image"]).stem])
 
 
 def test_nuclei_labels_binary_with_many_nuclei(demo_root):

@@ -1,0 +1,78 @@
+"""Random crops of training images: epochs of a fixed number of crops, and crops drawn apart to fit baselines on."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.transforms import Randomizable
+from torch.utils.data import Dataset, Subset
+
+__all__ = ["repeat_dataset", "sample_crops"]
+
+
+def repeat_dataset(dataset: Dataset, min_length: int) -> Subset:
+    """``dataset`` repeated whole until it has at least ``min_length`` items (each item equally often).
+
+    Pretraining draws random crops from a few large images: with three 256x256 images, an epoch of the bare
+    dataset is three crops. Repeating the (cached) items makes an epoch ``min_length`` crops long, and each
+    repeat draws a fresh random crop because the random transforms run on every ``__getitem__``. A datalist
+    that already has ``min_length`` items is used once per epoch, so no image is left out. MONAI's
+    ``PatchDataset`` would re-run the crop sampler for every patch it returns; a ``torch`` ``Subset`` of
+    repeated indices keeps the cache and works with ``shuffle=True`` and ``DistributedSampler`` alike.
+
+    Args:
+        dataset: a sized dataset (e.g. a ``CacheDataset`` of the deterministic transforms).
+        min_length: the least number of items per epoch (e.g. ``steps_per_epoch * batch_size``).
+
+    Raises:
+        ValueError: when ``dataset`` is empty or ``min_length`` is not a positive integer.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("repeat_dataset: the dataset is empty (no training items).")
+    if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < 1:
+        raise ValueError(f"repeat_dataset: min_length must be a positive integer, got {min_length!r}.")
+    return Subset(dataset, list(range(n)) * math.ceil(min_length / n))
+
+
+def sample_crops(
+    datalist: Sequence[Mapping[str, Any]],
+    transform: Callable,
+    num_crops: int,
+    seed: int = 0,
+    key: str = "image",
+    max_items: int = 16,
+) -> torch.Tensor:
+    """Crops of training images drawn apart from training, to fit baselines on (``[num_crops, C, *roi]``).
+
+    A deep copy of ``transform`` (the bundle's training preprocessing, random crop included) with its own random
+    state from ``seed`` is applied to up to ``max_items`` datalist items spread evenly over the list, cycling over
+    them until ``num_crops`` crops are drawn. The training transforms' random state is left untouched, so fitting
+    a baseline does not change what the model trains on.
+
+    Args:
+        datalist: training items (``{"image": path, ...}``).
+        transform: the training preprocessing; its output's ``key`` must be one fixed-size crop.
+        num_crops: how many crops to draw.
+        seed: seed of the copy's random state.
+        key: the image key.
+        max_items: most items loaded.
+
+    Raises:
+        ValueError: when ``datalist`` is empty or ``num_crops`` < 1.
+    """
+    if not datalist:
+        raise ValueError("sample_crops: the training datalist is empty.")
+    if num_crops < 1:
+        raise ValueError(f"sample_crops: num_crops must be >= 1, got {num_crops}.")
+    transform = copy.deepcopy(transform)
+    if isinstance(transform, Randomizable):
+        transform.set_random_state(seed=int(seed))
+    step = max(len(datalist) / max_items, 1.0)
+    items = [datalist[int(i * step)] for i in range(min(len(datalist), max_items))]
+    crops = [torch.as_tensor(transform(dict(items[i % len(items)]))[key]) for i in range(num_crops)]
+    return torch.stack([c.float() for c in crops])
