@@ -168,7 +168,11 @@ def fit_baselines(
     global_mean = images.float().mean(dim=(0, *range(2, images.ndim))).tolist()
     logging.getLogger("maskseg_monai.baselines").info(
         "baselines fitted on %d training crops (patch %s, mask ratio %s): gaussian sigma %s px, global mean %s",
-        images.shape[0], patch_size, mask_ratio, sigma, [round(v, 4) for v in global_mean],
+        images.shape[0],
+        patch_size,
+        mask_ratio,
+        sigma,
+        [round(v, 4) for v in global_mean],
     )
     return {"sigma": sigma, "global_mean": global_mean, "num_images": int(images.shape[0])}
 

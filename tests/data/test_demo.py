@@ -19,7 +19,13 @@ from maskseg_monai.data import DEMO_SETS, demo_dicom_series_dir, ensure_demo_dat
 # name: (spatial shape, or {split: shape} when the splits differ, channels, n_training, n_validation, keys of each item)
 EXPECTED = {
     "nuclei2d": ((64, 64), 1, 48, 16, {"image", "label", "label_instances"}),
-    "nuclei2d_regions": ({"training": (256, 256), "validation": (64, 64)}, 1, 3, 16, {"image", "label", "label_instances"}),
+    "nuclei2d_regions": (
+        {"training": (256, 256), "validation": (64, 64)},
+        1,
+        3,
+        16,
+        {"image", "label", "label_instances"},
+    ),
     "bloodsmear2d": ((64, 64), 1, 32, 8, {"image", "label", "label_instances"}),
     "bloodsmear3d": ((32, 32, 32), 1, 8, 4, {"image", "label", "label_instances"}),
     "brain3d": ((39, 52, 80), 1, 3, 1, {"image", "label"}),
