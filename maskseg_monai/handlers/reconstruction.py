@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler, from_engine
 
-from maskseg_monai.metrics.baselines import BaselineReconstructionMetric
-from maskseg_monai.metrics.reconstruction import ReconstructionMetric, reconstruct_image
+from maskseg_monai.metrics.baselines import BaselineReconstructionMetric, visible_mean_fill
+from maskseg_monai.metrics.reconstruction import ReconstructionMetric, reconstruct_image, region_psnr
 from maskseg_monai.utils import as_bool, atomic_write, output_stem
 
 __all__ = ["ReconstructionMetricHandler", "ReconstructionSaver", "save_reconstruction"]
@@ -105,20 +105,46 @@ class ReconstructionSaver:
             )
             meta = getattr(image, "meta", {})
             name = meta.get("filename_or_obj", f"image_{len(self.written)}")
-            extra = []
+            extra, titles = [], []
             if self.mps_channel is not None:
                 category = output[self.mps_channel : self.mps_channel + 1].float()
                 extra.append(0.5 * image.float().mean(0, keepdim=True) + 0.5 * category)
+                titles.append("MPS lesion patches")
             self.written += save_reconstruction(
-                self.output_dir, str(name), image, pixel_mask[0], recon[0], pasted[0], meta.get("affine"), extra
+                self.output_dir, str(name), image, pixel_mask[0], recon[0], pasted[0], meta.get("affine"), extra, titles
             )
 
 
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    """``[C, H, W]`` in [0, 1] -> ``[H, W]`` or ``[H, W, 3]`` uint8 (first channel unless RGB)."""
+    """``[C, H, W]`` in [0, 1] -> ``[H, W, 3]`` uint8 (first channel as gray unless RGB)."""
     img = img.detach().float().clamp(0, 1).cpu()
     arr = ((img if img.shape[0] == 3 else img[:1]).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    return arr[..., 0] if arr.shape[-1] == 1 else arr
+    return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
+
+
+#: smallest height (pixels) a panel is enlarged to, by an integer nearest-neighbour factor
+PANEL_MIN_HEIGHT = 192
+
+
+def _panel_strip(panels: Sequence[torch.Tensor], titles: Sequence[str], caption: str, scale: int | None) -> "Image":
+    """Panels side by side, each enlarged by nearest neighbour and titled, with ``caption`` under the strip."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    height = panels[0].shape[-2]
+    scale = max(1, -(-PANEL_MIN_HEIGHT // height)) if scale is None else int(scale)
+    tiles = [Image.fromarray(_to_uint8(p)).resize((p.shape[-1] * scale, height * scale), Image.NEAREST) for p in panels]
+    font = ImageFont.load_default(size=12)
+    gap, top, bottom = 4, 18, 18 if caption else 0
+    width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
+    strip = Image.new("RGB", (width, top + tiles[0].height + bottom), "white")
+    draw, x = ImageDraw.Draw(strip), 0
+    for tile, title in zip(tiles, titles):
+        strip.paste(tile, (x, top))
+        draw.text((x + 2, 2), title, fill="black", font=font)
+        x += tile.width + gap
+    if caption:
+        draw.text((2, top + tiles[0].height + 2), caption, fill="black", font=font)
+    return strip
 
 
 def save_reconstruction(
@@ -130,8 +156,15 @@ def save_reconstruction(
     pasted: torch.Tensor,
     affine: torch.Tensor | None = None,
     extra_panels: Sequence[torch.Tensor] = (),
+    extra_titles: Sequence[str] = (),
+    scale: int | None = None,
 ) -> list[str]:
     """Write the panel (and, in 3D, the NIfTI reconstruction) of one image; return the paths written.
+
+    The PNG shows ``input | masked | reconstruction | reconstruction + visible`` (then ``extra_panels``), each
+    enlarged by an integer nearest-neighbour factor (to at least :data:`PANEL_MIN_HEIGHT` pixels unless ``scale``
+    is given) and titled, with the masked-pixel PSNR of the model and of the visible-mean fill (the score a model
+    that learned nothing gets, ``maskseg_monai.metrics.visible_mean_fill``) written under it.
 
     Args:
         output_dir: destination folder.
@@ -139,12 +172,19 @@ def save_reconstruction(
         image, pixel_mask, recon, pasted: ``[C, *spatial]`` tensors (mask ``[1, *spatial]``), intensities in [0, 1].
         affine: the input's affine, for the 3D NIfTI output.
         extra_panels: further ``[1, *spatial]`` maps in [0, 1] appended to the strip.
+        extra_titles: their titles (default ``extra 1``, ...).
+        scale: the enlargement factor; ``None`` picks it from the image height.
     """
-    from PIL import Image
-
     stem = output_stem(source)
+    x, m = image.detach().float().cpu()[None], pixel_mask.detach().float().cpu()[None]
+    model_psnr = float(region_psnr(pasted.detach().float().cpu()[None], x, m)[0])
+    fill_psnr = float(region_psnr(visible_mean_fill(x, m), x, m)[0])
+    ratio = float(m.mean())
+    caption = f"masked-pixel PSNR: model {model_psnr:.2f} dB, visible-mean fill {fill_psnr:.2f} dB"
     masked = image * (1 - pixel_mask) + 0.5 * pixel_mask
     panels = [image, masked, recon, pasted]
+    titles = ["input", f"masked ({ratio:.0%})", "reconstruction", "recon. + visible"]
+    titles += [extra_titles[i] if i < len(extra_titles) else f"extra {i + 1}" for i in range(len(extra_panels))]
     if extra_panels:
         panels = [p.float().cpu() for p in panels]
         gray = [p.mean(0, keepdim=True) if p.shape[0] != image.shape[0] else p for p in panels]
@@ -153,6 +193,7 @@ def save_reconstruction(
     if image.ndim == 4:
         z = image.shape[-1] // 2
         panels = [p[..., z] for p in panels]
+        titles[0] = f"input (slice {z})"
         import nibabel as nib
 
         vol = recon.detach().float().cpu().numpy()
@@ -164,12 +205,6 @@ def save_reconstruction(
                 lambda tmp: nib.save(nib.Nifti1Image(vol.astype(np.float32), aff), tmp),
             )
         )
-    sep = torch.ones_like(panels[0][..., :2])
-    strip = torch.cat([t for p in panels for t in (p, sep)][:-1], dim=-1)
-    written.append(
-        atomic_write(
-            os.path.join(output_dir, f"{stem}_mae.png"),
-            lambda tmp: Image.fromarray(_to_uint8(strip)).save(tmp, format="PNG"),
-        )
-    )
+    strip = _panel_strip([p.float().cpu() for p in panels], titles, caption, scale)
+    written.append(atomic_write(os.path.join(output_dir, f"{stem}_mae.png"), lambda tmp: strip.save(tmp, format="PNG")))
     return written

@@ -16,6 +16,7 @@ REQUIRED_META = [
 TINY = [
     "--hidden_size", "48", "--mlp_dim", "96", "--num_layers", "2", "--num_heads", "4",
     "--decoder_hidden_size", "48", "--decoder_mlp_dim", "96", "--decoder_num_layers", "1", "--decoder_num_heads", "4",
+    "--steps_per_epoch", "6",
 ]  # fmt: skip
 
 

@@ -85,15 +85,23 @@ def test_training_lowers_loss_and_writes_outputs(trained):
         acc.Reload()
         tags.update({t: len(acc.Scalars(t)) for t in acc.Tags()["scalars"]})
     assert tags.get("train_loss", 0) >= 6 * 6 and tags.get("val_psnr_masked", 0) == 2, tags
-    assert (root / "demo_data" / "nuclei2d").is_dir()
+    assert (root / "demo_data" / "nuclei2d_regions").is_dir()
+    for fill in ("global_mean", "visible_mean", "gaussian"):
+        assert tags.get(f"val_psnr_masked_{fill}", 0) == 2, tags
+    assert re.search(r"baselines fitted on 64 training crops \(patch 8, mask ratio 0.5\): gaussian sigma", log)
 
 
 def test_evaluate_writes_metrics(trained):
     root, _ = trained
     ok(bundle("run", "--bundle_root", str(root), *TINY, configs=("train.json", "evaluate.json")))
     rows = dict(line.split(",") for line in (root / "eval" / "metrics.csv").read_text().splitlines())
-    assert set(rows) == {"val_psnr_masked", "val_psnr_all", "val_ssim_masked", "val_ssim_all"}
+    fills = {f"val_psnr_masked_{fill}" for fill in ("global_mean", "visible_mean", "gaussian")}
+    assert set(rows) == {"val_psnr_masked", "val_psnr_all", "val_ssim_masked", "val_ssim_all"} | fills
     assert 5.0 < float(rows["val_psnr_masked"]) < 60.0
+    # on real nuclei, interpolating the visible pixels beats filling with their mean, which beats one constant
+    values = {k: float(v) for k, v in rows.items()}
+    assert values["val_psnr_masked_gaussian"] > values["val_psnr_masked_visible_mean"] + 2.0, values
+    assert values["val_psnr_masked_visible_mean"] > values["val_psnr_masked_global_mean"], values
 
 
 def test_inference_writes_panels(trained, tmp_path):
@@ -115,7 +123,7 @@ def test_inference_writes_panels(trained, tmp_path):
     )
     panels = sorted((root / "outputs").glob("*_mae.png"))
     assert [p.name for p in panels] == ["query0_mae.png", "query1_mae.png"]
-    assert np.asarray(Image.open(panels[0])).shape == (64, 4 * 64 + 3 * 2)
+    assert np.asarray(Image.open(panels[0])).shape == (18 + 192 + 18, 4 * 192 + 3 * 4, 3)  # 64 px enlarged 3x
 
 
 def test_patch_size_and_ratio_from_command_line(tmp_path):

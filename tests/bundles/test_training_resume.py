@@ -16,8 +16,9 @@ from bundle_cli import REPO, TINY
 
 CONFIGS = REPO / "bundles" / "amlp" / "configs"
 EPOCHS = 3
-# batch 2: 24 iterations per epoch, so a kill after the first checkpoint lands inside a later epoch
-SHORT = ["--epochs", str(EPOCHS), "--val_interval", "2", "--batch_size", "2", "--mps_warmup", "12", *TINY]
+# 24 iterations per epoch, so a kill after the first checkpoint lands inside a later epoch
+SHORT = ["--epochs", str(EPOCHS), "--val_interval", "2", "--batch_size", "2", "--mps_warmup", "12", *TINY,
+         "--steps_per_epoch", "24"]  # fmt: skip
 
 
 def command(root: Path, dataset_dir: Path, *extra: str) -> list[str]:

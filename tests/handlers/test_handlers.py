@@ -80,4 +80,30 @@ def test_reconstruction_saver_writes_named_panels(tmp_path, spatial_dims):
     expected = ["scan_01_mae.png"] + (["scan_01_recon.nii.gz"] if spatial_dims == 3 else [])
     assert names == expected
     panel = np.asarray(Image.open(tmp_path / "scan_01_mae.png"))
-    assert panel.shape == (16, 5 * 16 + 4 * 2)
+    scale = 12  # 16 px enlarged to PANEL_MIN_HEIGHT = 192
+    assert panel.shape == (18 + 16 * scale + 18, 5 * 16 * scale + 4 * 4, 3)
+    top = 18
+    first = panel[top : top + 16 * scale, : 16 * scale, 0]
+    # nearest-neighbour: every scale x scale block is one input pixel
+    assert np.array_equal(first, np.repeat(np.repeat(first[::scale, ::scale], scale, 0), scale, 1))
+    expected_first = img[0, 0] if spatial_dims == 2 else img[0, 0, ..., 8]
+    assert np.abs(first[::scale, ::scale].astype(float) - expected_first.numpy() * 255).max() <= 0.5
+    assert panel[:top].min() < 128 and panel[-18:].min() < 128  # title and caption text drawn
+
+
+def test_panel_caption_reports_model_and_fill_psnr(tmp_path, monkeypatch):
+    from maskseg_monai.handlers import reconstruction
+
+    captions = []
+    real = reconstruction._panel_strip
+    monkeypatch.setattr(
+        reconstruction, "_panel_strip", lambda p, t, caption, s: captions.append((t, caption)) or real(p, t, caption, s)
+    )
+    img = torch.zeros(1, 8, 8)
+    img[:, 4:] = 1.0
+    mask = torch.zeros(1, 8, 8)
+    mask[:, :, 4:] = 1.0  # right half masked: fill = visible mean 0.5 -> MSE 0.25 -> PSNR 6.02 dB
+    reconstruction.save_reconstruction(str(tmp_path), "a.png", img, mask, img, img, scale=2)
+    titles, caption = captions[0]
+    assert titles == ["input", "masked (50%)", "reconstruction", "recon. + visible"]
+    assert "model 120.00 dB" in caption and "visible-mean fill 6.02 dB" in caption
