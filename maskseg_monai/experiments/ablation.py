@@ -17,8 +17,13 @@ Every variant trains in-process with the same seed, data and epochs (:mod:`masks
 - **reconstruction**, with masks drawn from one fixed seed at one fixed ratio for every variant (default: the
   bundle's ``amr_end``), so MPS is bypassed and all variants see the same masked pixels: ``psnr_masked``,
   ``ssim_masked``, ``psnr_all``, ``ssim_all``, ``psnr_masked_lesion`` (masked pixels of the lesion classes),
-  ``psnr_masked_small`` / ``psnr_masked_rest`` (small connected components), ``psnr_masked_<class>`` and the
-  no-learning ``baseline_*`` values (see :func:`maskseg_monai.experiments.evaluate_cell`);
+  ``psnr_masked_small`` / ``psnr_masked_rest`` (small connected components, a region fixed in pixels:
+  ``--small_area``, ``--small_dilation``), ``psnr_masked_<class>``, and the fills that need no learning on the
+  same masks (``global_mean``, ``visible_mean``, ``gaussian``: ``<fill>_psnr_masked``, ``..._small``,
+  ``..._lesion``) with the model's gains over them (``gain_<fill>_...``, model minus fill); the Gaussian sigma and
+  the global mean are fitted once on training crops at the evaluation ratio
+  (:func:`maskseg_monai.experiments.fit_cell_baselines`), never on validation images (see
+  :func:`maskseg_monai.experiments.evaluate_cell`);
 - **masked patch selection**, with each network masking by its own policy in eval mode at the same ratio (MPS
   when on, uniformly random otherwise): ``mps_hit_rate`` (fraction of masked patches holding lesion pixels)
   against ``chance_hit_rate`` (fraction of all patches holding lesion pixels), and ``category_precision`` /
@@ -29,11 +34,12 @@ Downstream Dice after UNETR fine-tuning is not measured yet; it comes with the U
 
 Run it as a module::
 
-    python -m maskseg_monai.experiments.ablation --epochs 500 --seeds 0 1 --override learning_rate=2e-3
-    python -m maskseg_monai.experiments.ablation --variants mae +mps --epochs 1 --override hidden_size=48
+    python -m maskseg_monai.experiments.ablation --epochs 500 --seeds 0 1 2 --override learning_rate=2e-3
+    python -m maskseg_monai.experiments.ablation --variants mae +mps --epochs 1 --seeds 0 --override hidden_size=48
 
 Outputs in ``--output_dir``: ``results.csv`` (one row per variant x seed) and ``results.md`` (the command, the
-settings and mean ± std tables per variant), each written atomically and refreshed after every run; one bundle
+settings, how the baselines were fitted, and mean ± std tables per variant: model, each fill, gains, *learned*),
+each written atomically and refreshed after every run; one bundle
 root per run under ``cells/``, and the demo data, shared by all runs, under ``demo_data/``.
 """
 
@@ -49,16 +55,32 @@ import torch
 from monai.bundle import ConfigParser
 from monai.utils import ensure_tuple_rep, look_up_option
 
-from maskseg_monai.experiments.cli import COMMON_RESERVED_KEYS, add_common_arguments, check_run_inputs, parse_command
+from maskseg_monai.experiments.cli import (
+    COMMON_RESERVED_KEYS,
+    DEFAULT_SEEDS,
+    add_common_arguments,
+    add_seed_arguments,
+    add_small_object_arguments,
+    check_run_inputs,
+    check_seeds,
+    parse_command,
+)
 from maskseg_monai.experiments.evaluate import (
     BASELINE_METRICS,
-    DEFAULT_SMALL_AREA,
+    DEFAULT_BASELINE_CROPS,
+    GAIN_METRICS,
     GLOBAL_METRICS,
+    LESION_METRICS,
     REGION_METRICS,
     REPORTED_KEYS,
+    check_small_region,
+    describe_baselines,
+    describe_small_region,
     evaluate_cell,
+    fit_cell_baselines,
 )
 from maskseg_monai.experiments.report import (
+    baseline_sections,
     markdown_table,
     run_settings,
     summarize_runs,
@@ -109,15 +131,16 @@ DEFAULT_OUTPUT_DIR = "sweeps/amlp_ablation"
 #: bundle keys the ablation sets itself; each has its own command-line option
 RESERVED_KEYS: dict[str, str] = {"seed": "--seeds", **COMMON_RESERVED_KEYS}
 MPS_METRICS = ("mps_hit_rate", "chance_hit_rate", "category_precision", "category_recall")
-_LESION_METRICS = ("psnr_masked_lesion", "baseline_psnr_masked_lesion")
 _AMLP_KEYS = (
     "patch_size", "mask_ratio", "amr_start", "amr_end", "amr_schedule", "mps_features", "mps_clusters", "mps_iters",
     "mps_warmup", "mps_prob", "ccl_hidden", "arl_gamma", "ccl_target",
 )  # fmt: skip
-_RECON_COLUMNS = (
-    "psnr_masked", "psnr_masked_lesion", "psnr_masked_small", "psnr_masked_rest", "psnr_all", "ssim_masked",
-    "ssim_all", "baseline_psnr_masked", "baseline_psnr_masked_lesion", "baseline_psnr_masked_small",
-)  # fmt: skip
+_REGIONS = {
+    "psnr_masked": "all masked pixels",
+    "psnr_masked_lesion": "masked pixels of the lesion classes",
+    "psnr_masked_small": "masked pixels of small objects",
+}
+_OTHER_COLUMNS = ("psnr_masked_rest", "psnr_all", "ssim_masked", "ssim_all")
 
 
 def check_variants(variants: Sequence[str]) -> list[str]:
@@ -242,15 +265,21 @@ def evaluate_mps(
     return mps_hit_rates(torch.cat(masks), torch.cat(lesions), torch.cat(categories) if categories else None)
 
 
-def _sections(rows: Sequence[Mapping[str, Any]], class_names: Mapping[int, str], eval_ratio: float, total: int) -> list:
+def _sections(
+    rows: Sequence[Mapping[str, Any]],
+    class_names: Mapping[int, str],
+    eval_ratio: float,
+    total: int,
+    baselines: str,
+) -> list:
     classes = [f"psnr_masked_{n}" for n in class_names.values()]
     partial = [f"**Partial results: {len(rows)} of {total} runs done.**"] if len(rows) < total else []
     return [
         *partial,
-        f"## Reconstruction (seeded random masks at ratio {eval_ratio:g}, the same for every variant)\n\n"
-        "PSNR in dB, mean ± std over seeds. `baseline_*`: each masked pixel filled with the mean of its image's "
-        "visible pixels (no learning), on the same masks.\n\n"
-        + markdown_table(summarize_runs(rows, _RECON_COLUMNS, "variant")),
+        f"## Reconstruction (seeded random masks at ratio {eval_ratio:g}, the same for every variant)\n\n" + baselines,
+        *baseline_sections(rows, "variant", _REGIONS),
+        "### Other reconstruction metrics\n\nMean ± std over seeds; `psnr_masked_rest`: masked pixels outside the "
+        "small-object region.\n\n" + markdown_table(summarize_runs(rows, _OTHER_COLUMNS, "variant")),
         f"## Masked Patch Selection (each variant masks by its own policy at ratio {eval_ratio:g})\n\n"
         "`mps_hit_rate`: fraction of masked patches holding lesion pixels; `chance_hit_rate`: fraction of all "
         "patches holding lesion pixels (what random masking hits on average). Category precision/recall: MPS's "
@@ -268,7 +297,7 @@ def _sections(rows: Sequence[Mapping[str, Any]], class_names: Mapping[int, str],
 def run_ablation(
     variants: Sequence[str] = VARIANTS,
     epochs: int = 20,
-    seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] = DEFAULT_SEEDS,
     demo_set: str = DEFAULT_DEMO_SET,
     datalist: str | Path | None = None,
     output_dir: str | Path = DEFAULT_OUTPUT_DIR,
@@ -277,6 +306,8 @@ def run_ablation(
     eval_mask_ratio: float | None = None,
     eval_seed: int = 0,
     lesion_classes: Sequence[int] | None = None,
+    small_area: int | None = None,
+    small_dilation: int | None = None,
     command: str | None = None,
     progress_bar: bool = False,
     log: Callable[[str], None] = print,
@@ -286,7 +317,7 @@ def run_ablation(
     Args:
         variants: a subset of :data:`VARIANTS` (run in their cumulative order).
         epochs: training epochs of every run.
-        seeds: training seeds; every variant runs once per seed.
+        seeds: training seeds; every variant runs once per seed. Defaults to ``(0, 1, 2)``.
         demo_set: built-in demo set (``maskseg_monai.data.DEMO_SETS``) when no ``datalist`` is given.
         datalist: a MONAI datalist JSON (``"training"``/``"validation"`` lists of ``{"image", "label"}``).
         output_dir: where results, run bundle roots (``cells/``) and demo data go.
@@ -294,8 +325,11 @@ def run_ablation(
         overrides: further bundle overrides (``key -> value``) for every run; the component keys set what the
             variants switch on (e.g. ``ccl_weight=0.3``).
         eval_mask_ratio: the ratio of every evaluation. Defaults to the bundle's ``amr_end``.
-        eval_seed: seed of the evaluation masks, the same for every run.
+        eval_seed: seed of the evaluation masks and of the training crops the baselines are fitted on, the same
+            for every run.
         lesion_classes: label values that count as lesion. Defaults to every class > 0 in the validation labels.
+        small_area: small-object threshold in pixels/voxels. Defaults to 64 in 2D, 512 in 3D.
+        small_dilation: pixels the small objects are grown by. Defaults to 2.
         command: the command line recorded in ``results.md``.
         progress_bar: keep the bundle's per-iteration progress bars.
         log: where progress lines go.
@@ -306,17 +340,16 @@ def run_ablation(
 
     Raises:
         ValueError: on a bad variant list, no or repeated seeds, a reserved override, ``epochs < 1``, an
-            evaluation ratio the patch grid cannot mask, a negative lesion class, a variant whose component is
-            off in the bundle, or a network the bundle cannot build (all checked before any training).
+            evaluation ratio the patch grid cannot mask, a negative lesion class, a bad small-object region, a
+            variant whose component is off in the bundle, or a network the bundle cannot build (all checked before
+            any training).
         FileNotFoundError: when ``config_file`` or ``datalist`` does not exist.
     """
     config_file = Path(config_file) if config_file is not None else bundle_config_file("amlp")
     extra = dict(overrides or {})
     check_run_inputs(config_file, datalist, epochs, extra, RESERVED_KEYS, "the ablation")
     variants = check_variants(variants)
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds must list one or more distinct seeds, got {seeds}.")
+    seeds = check_seeds(seeds)
     if lesion_classes is not None and (not lesion_classes or min(lesion_classes) < 0):
         raise ValueError(f"--lesion_classes must list label values >= 0, got {list(lesion_classes)}.")
     output_dir = Path(output_dir).resolve()
@@ -330,7 +363,7 @@ def run_ablation(
         num_masked_patches(n_patches, eval_ratio)
     except ValueError as err:
         raise ValueError(f"--eval_mask_ratio {eval_ratio} ({n_patches} patches): {err}") from None
-    small_area = DEFAULT_SMALL_AREA.get(spatial_dims, 64)
+    small_area, small_dilation = check_small_region(small_area, small_dilation, spatial_dims)
     on = component_values(base)
     cells = []
     for seed in seeds:
@@ -341,6 +374,8 @@ def run_ablation(
             cells.append(Cell(f"variant {v}, seed {seed}", {"variant": v, "seed": seed, "epochs": epochs}, over))
     probe_cells(config_file, cells)
     prepare_data(output_dir / "demo_data", demo_set, datalist)
+
+    fitted: dict[str, Any] = {}  # one baseline fit for every run: same patch size, ratio and training data
 
     def lesion_of(validation: ValidationSet) -> list[int]:
         return list(lesion_classes) if lesion_classes is not None else [k for k in validation.class_names if k > 0]
@@ -353,12 +388,14 @@ def run_ablation(
         }
         norm_pix = as_bool(parser.get_parsed_content("norm_pix_loss"), "norm_pix_loss")
         images, labels = validation.images, validation.labels
+        if not fitted:
+            fitted.update(fit_cell_baselines(parser, eval_ratio, eval_seed))
         metrics = evaluate_cell(
-            network, images, labels, validation.class_names, eval_seed, small_area, norm_pix,
-            mask_ratio=eval_ratio, lesion_classes=lesion, **batch,
+            network, images, labels, validation.class_names, eval_seed, small_area, fitted, norm_pix,
+            mask_ratio=eval_ratio, lesion_classes=lesion, small_dilation=small_dilation, **batch,
         )  # fmt: skip
         metrics |= evaluate_mps(network, images, labels, lesion, eval_ratio, eval_seed, **batch)
-        first = (*GLOBAL_METRICS, *_LESION_METRICS, *REGION_METRICS, *BASELINE_METRICS, *MPS_METRICS)
+        first = (*GLOBAL_METRICS, *LESION_METRICS, *REGION_METRICS, *BASELINE_METRICS, *GAIN_METRICS, *MPS_METRICS)
         return {k: metrics[k] for k in first} | {k: v for k, v in metrics.items() if k not in first}
 
     def settings_of(validation: ValidationSet | None) -> dict[str, Any]:
@@ -367,14 +404,13 @@ def run_ablation(
         described = [
             f"`{v}`: " + ", ".join(f"`{k}={x}`" for k, x in variant_overrides(v, on).items()) for v in variants
         ]
-        unit = "pixels" if spatial_dims == 2 else "voxels"
         specific = {
             "variants": "; ".join(described),
             "epochs per run": epochs,
             "training seeds": ", ".join(map(str, seeds)),
             "evaluation": f"mask ratio {eval_ratio:g} for every variant; masks, MPS tie-breaks: seed {eval_seed}",
             "lesion classes (label values)": ", ".join(f"{k} ({names.get(k, '?')})" for k in lesion) or "none found",
-            "small objects": f"connected components (per class) of fewer than {small_area} {unit}",
+            "small objects": describe_small_region(small_area, small_dilation, spatial_dims),
         }
         keys = REPORTED_KEYS + _AMLP_KEYS
         return run_settings(config_file, base, demo_set, datalist, validation, extra, specific, keys)
@@ -384,7 +420,10 @@ def run_ablation(
     def save(rows: list[dict[str, Any]], validation: ValidationSet | None) -> None:
         names = validation.class_names if validation is not None else {}
         write_csv(rows, output_dir / "results.csv")
-        sections = _sections(rows, names, eval_ratio, len(cells))
+        patch = base.get_parsed_content("patch_size")
+        fits = {f"patch {patch}, ratio {eval_ratio:g}": fitted} if fitted else {}
+        baselines = describe_baselines(DEFAULT_BASELINE_CROPS, eval_seed, fits)
+        sections = _sections(rows, names, eval_ratio, len(cells), baselines)
         write_markdown(output_dir / "results.md", "AMLP ablation", command, settings_of(validation), sections)
 
     rows, _ = run_cells(
@@ -401,15 +440,15 @@ def _parser() -> argparse.ArgumentParser:
         "and budget; compare reconstructions and how often MPS masks lesion patches.",
     )
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"subset of {' '.join(VARIANTS)}")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    add_seed_arguments(ap)
     ap.add_argument(
         "--eval_mask_ratio", type=float, default=None, help="mask ratio of every evaluation (default: amr_end)"
     )
-    ap.add_argument("--eval_seed", type=int, default=0, help="seed of the evaluation masks (default 0)")
     ap.add_argument(
         "--lesion_classes", type=int, nargs="+", default=None,
         help="label values that count as lesion (default: every label > 0)",
     )  # fmt: skip
+    add_small_object_arguments(ap)
     add_common_arguments(ap, DEFAULT_OUTPUT_DIR, "amlp")
     return ap
 
@@ -419,9 +458,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args, common = parse_command(_parser(), argv, "maskseg_monai.experiments.ablation", RESERVED_KEYS, "the ablation")
     rows = run_ablation(
         args.variants, seeds=args.seeds, eval_mask_ratio=args.eval_mask_ratio, eval_seed=args.eval_seed,
-        lesion_classes=args.lesion_classes, **common,
+        lesion_classes=args.lesion_classes, small_area=args.small_area, small_dilation=args.small_dilation, **common,
     )  # fmt: skip
-    print(markdown_table(summarize_runs(rows, ("psnr_masked", "psnr_masked_lesion", *MPS_METRICS), "variant")))
+    columns = ("psnr_masked", "gain_gaussian_psnr_masked", "gain_visible_mean_psnr_masked", "psnr_masked_lesion")
+    print(markdown_table(summarize_runs(rows, (*columns, *MPS_METRICS), "variant")))
     print(f"results in {Path(args.output_dir).resolve()}")
     return rows
 

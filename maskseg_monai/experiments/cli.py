@@ -11,16 +11,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from maskseg_monai.experiments.evaluate import DEFAULT_SMALL_AREA, DEFAULT_SMALL_DILATION
 from maskseg_monai.experiments.runner import DEFAULT_DEMO_SET
 
 __all__ = [
     "parse_override",
     "check_run_inputs",
     "add_common_arguments",
+    "add_seed_arguments",
+    "add_small_object_arguments",
+    "check_seeds",
     "parse_command",
     "command_line",
     "COMMON_RESERVED_KEYS",
+    "DEFAULT_SEEDS",
 ]
+
+#: training seeds of every cell: a claim needs an effect larger than the spread between at least three seeds
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 #: bundle keys every command sets itself, and the option that sets them
 COMMON_RESERVED_KEYS: dict[str, str] = {
@@ -87,6 +95,45 @@ def check_run_inputs(
     clash = sorted(set(overrides) & set(reserved))
     if clash:
         raise ValueError(f"overrides {clash} are set by {tool}; use {[reserved[k] for k in clash]}.")
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The training seeds as ints.
+
+    Raises:
+        ValueError: on no seed or a repeated one.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must list one or more distinct seeds, got {seeds}.")
+    return seeds
+
+
+def add_seed_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--seeds`` (training seeds, default :data:`DEFAULT_SEEDS`) and ``--eval_seed`` (evaluation masks and
+    baseline fits, the same for every training seed)."""
+    seeds = " ".join(map(str, DEFAULT_SEEDS))
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help=f"training seeds (default {seeds})"
+    )
+    ap.add_argument(
+        "--eval_seed", type=int, default=0,
+        help="seed of the evaluation masks and of the training crops the baselines are fitted on (default 0)",
+    )  # fmt: skip
+
+
+def add_small_object_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--small_area`` and ``--small_dilation``: the small-object region, fixed in pixels whatever the patch size
+    (:func:`~maskseg_monai.experiments.evaluate.check_small_region`)."""
+    ap.add_argument(
+        "--small_area", type=int, default=None,
+        help="per-class connected components of fewer pixels (voxels) are small objects, the same for every patch "
+        f"size (default {DEFAULT_SMALL_AREA[2]} in 2D, {DEFAULT_SMALL_AREA[3]} in 3D)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--small_dilation", type=int, default=None,
+        help=f"grow the small objects by this many pixels to include their rims (default {DEFAULT_SMALL_DILATION})",
+    )  # fmt: skip
 
 
 def add_common_arguments(ap: argparse.ArgumentParser, default_output_dir: str, bundle: str) -> None:

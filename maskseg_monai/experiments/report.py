@@ -12,13 +12,18 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from maskseg_monai.experiments.evaluate import REPORTED_KEYS
+from maskseg_monai.experiments.evaluate import REPORTED_KEYS, baseline_columns
 from maskseg_monai.experiments.validation import ValidationSet
 from maskseg_monai.utils import atomic_write
 
 __all__ = [
+    "LEARNED_COLUMN",
+    "LEARNED_MARGIN_DB",
     "mean_std",
+    "group_runs",
     "summarize_runs",
+    "is_learned",
+    "baseline_sections",
     "load_pyplot",
     "save_figure",
     "run_settings",
@@ -129,10 +134,38 @@ def mean_std(values: Sequence[Any]) -> tuple[float, float]:
     return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
 
 
+def group_runs(
+    rows: Sequence[Mapping[str, Any]], group: str | Sequence[str], order: Sequence[Any] | None = None
+) -> dict[Any, list[Mapping[str, Any]]]:
+    """The runs of each group, in table order.
+
+    Args:
+        rows: one row per run.
+        group: the key that names a run's group (e.g. ``"variant"``), or several keys (e.g.
+            ``("patch_size", "mask_ratio")``): the group is then the tuple of their values.
+        order: the groups in table order; defaults to their order of first appearance in ``rows``.
+
+    Example:
+        >>> rows = [{"p": 8, "r": 0.5, "seed": 0}, {"p": 8, "r": 0.5, "seed": 1}, {"p": 4, "r": 0.5, "seed": 0}]
+        >>> {k: len(v) for k, v in group_runs(rows, ("p", "r")).items()}
+        {(8, 0.5): 2, (4, 0.5): 1}
+    """
+    keys = (group,) if isinstance(group, str) else tuple(group)
+    name = (lambda r: r[group]) if isinstance(group, str) else (lambda r: tuple(r[k] for k in keys))
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(name(r), []).append(r)
+    return groups if order is None else {k: groups[k] for k in order if k in groups}
+
+
 def summarize_runs(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], group: str, order: Sequence[str] | None = None
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    group: str | Sequence[str],
+    order: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per value of ``group`` (a variant, an arm): ``group``, ``runs`` and ``"mean ± std"`` per column.
+    """One row per value of ``group`` (a variant, an arm, a grid cell): the ``group`` key(s), ``runs`` and
+    ``"mean ± std"`` per column.
 
     The standard deviation is over the runs (seeds), with ``ddof=1``; a single run shows its value alone, and an
     integer that is the same in every run (e.g. ``steps``) is shown as it is. NaN values (e.g. a region absent
@@ -141,7 +174,7 @@ def summarize_runs(
     Args:
         rows: one row per run, each with ``group`` and the ``columns``.
         columns: the columns to summarise.
-        group: the key that names a run's group.
+        group: the key, or keys, that name a run's group (:func:`group_runs`).
         order: the groups in table order; defaults to their order of first appearance in ``rows``.
 
     Example:
@@ -149,11 +182,11 @@ def summarize_runs(
         >>> summarize_runs(rows, ["dice"], "arm")
         [{'arm': 'mae', 'runs': 2, 'dice': '0.600 ± 0.141'}]
     """
-    present = dict.fromkeys(r[group] for r in rows)
+    keys = (group,) if isinstance(group, str) else tuple(group)
     table = []
-    for key in [k for k in order if k in present] if order is not None else list(present):
-        runs = [r for r in rows if r[group] == key]
-        row: dict[str, Any] = {group: key, "runs": len(runs)}
+    for runs in group_runs(rows, group, order).values():
+        row: dict[str, Any] = {k: runs[0][k] for k in keys}
+        row["runs"] = len(runs)
         for c in columns:
             values = [r.get(c, math.nan) for r in runs]
             if all(isinstance(v, int) and not isinstance(v, bool) for v in values) and len(set(values)) == 1:
@@ -164,6 +197,63 @@ def summarize_runs(
             row[c] = text if math.isnan(std) else f"{text} ± {format_value(std, c)}"
         table.append(row)
     return table
+
+
+#: a cell is *learned* when it beats the visible-mean fill by at least this much (dB) for every seed
+LEARNED_MARGIN_DB = 1.0
+#: the gain the *learned* test reads
+LEARNED_COLUMN = "gain_visible_mean_psnr_masked"
+
+
+def is_learned(
+    runs: Sequence[Mapping[str, Any]], column: str = LEARNED_COLUMN, margin: float = LEARNED_MARGIN_DB
+) -> bool:
+    """Whether every run beats the visible-mean fill by at least ``margin`` dB (a NaN gain, or no run, is not).
+
+    Example:
+        >>> is_learned([{"gain_visible_mean_psnr_masked": 1.2}, {"gain_visible_mean_psnr_masked": 0.9}])
+        False
+    """
+    gains = [r.get(column, math.nan) for r in runs]
+    return bool(gains) and all(isinstance(g, (int, float)) and math.isfinite(g) and g >= margin for g in gains)
+
+
+def baseline_sections(
+    rows: Sequence[Mapping[str, Any]],
+    group: str | Sequence[str],
+    regions: Mapping[str, str],
+    order: Sequence[Any] | None = None,
+) -> list[str]:
+    """Markdown sections comparing the model with each no-learning fill: one table per scored region.
+
+    Each table has, per group (mean ± std over its runs), the model's PSNR, every fill's
+    (:func:`~maskseg_monai.experiments.evaluate.baseline_columns`) and the model's gain over each; the first also
+    says whether the group is *learned* (:func:`is_learned`).
+
+    Args:
+        rows: one row per run, with the columns of :func:`~maskseg_monai.experiments.evaluate.evaluate_cell`.
+        group: the key(s) naming a run's group (:func:`group_runs`).
+        regions: model PSNR column -> its heading, e.g. ``{"psnr_masked": "all masked pixels"}``.
+        order: the groups in table order.
+    """
+    learned = {k: "yes" if is_learned(v) else "no" for k, v in group_runs(rows, group, order).items()}
+    sections = []
+    for i, (metric, heading) in enumerate(regions.items()):
+        fills, gains = baseline_columns(metric)
+        table = summarize_runs(rows, [metric, *fills, *gains], group, order)
+        if i == 0:
+            for row, key in zip(table, learned):
+                row["learned"] = learned[key]
+        note = (
+            f" `learned`: beats `visible_mean` by >= {LEARNED_MARGIN_DB:g} dB on all masked pixels for every seed."
+            if i == 0
+            else ""
+        )
+        sections.append(
+            f"### Model against no-learning fills: {heading}\n\nPSNR in dB, mean ± std over seeds; "
+            f"`gain_<fill>_{metric}` = `{metric}` minus `<fill>_{metric}`.{note}\n\n" + markdown_table(table)
+        )
+    return sections
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> str:

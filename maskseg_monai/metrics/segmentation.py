@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from monai.metrics import compute_dice
+from monai.transforms.utils_morphological_ops import dilate
 from scipy import ndimage as ndi
 
 from maskseg_monai.utils import atomic_write
@@ -302,13 +303,17 @@ def write_metrics_csv(
 
 
 def small_object_mask(
-    label: torch.Tensor, max_area: int, connectivity: int = 1, spatial_dims: int | None = None
+    label: torch.Tensor, max_area: int, connectivity: int = 1, spatial_dims: int | None = None, dilation: int = 0
 ) -> torch.Tensor:
-    """Pixels of the small objects of a label map: connected components smaller than ``max_area``.
+    """Pixels of the small objects of a label map: connected components smaller than ``max_area``, optionally
+    grown by ``dilation`` pixels.
 
     Components are found separately for every foreground class (label > 0), so touching objects of
     different classes stay separate; the area of a component is its number of pixels (voxels in 3D).
     Use a threshold fixed in pixels (not tied to a patch size) to compare models of different patch sizes.
+    The dilation (MONAI's :func:`~monai.transforms.utils_morphological_ops.dilate`, a square/cube of side
+    ``2 * dilation + 1``, within each image) adds the objects' rims, where a reconstruction shows whether it
+    drew the object's edge; it is applied after the area test, so it does not change which objects are small.
 
     Args:
         label: semantic label map ``[B, 1, *spatial]`` or ``[1, *spatial]``, 2 or 3 spatial dims, integer
@@ -319,12 +324,14 @@ def small_object_mask(
         spatial_dims: 2 or 3; needed only to tell a batched 2D ``[B, 1, H, W]`` from an unbatched 3D
             ``[1, H, W, D]`` map when ``label.shape[1] == 1`` would be ambiguous. Defaults to ``[B, 1, H, W]``
             for 4D input whose second axis is 1, else ``[1, H, W, D]``.
+        dilation: grow the small objects by this many pixels (Chebyshev distance). Defaults to 0 (none).
 
     Returns:
         float32 tensor shaped like ``label`` on its device, 1 = pixel of a small object.
 
     Raises:
-        ValueError: on a bad shape, a negative label, ``max_area < 1`` or a connectivity outside ``[1, spatial_dims]``.
+        ValueError: on a bad shape, a negative label, ``max_area < 1``, a negative ``dilation`` or a connectivity
+            outside ``[1, spatial_dims]``.
 
     Example:
         >>> label = torch.zeros(1, 1, 8, 8)
@@ -332,9 +339,13 @@ def small_object_mask(
         >>> label[0, 0, 4:, 4:] = 2  # 16 px
         >>> small_object_mask(label, max_area=5).sum().item()
         4.0
+        >>> small_object_mask(label, max_area=5, dilation=1).sum().item()  # the 2x2 square grown to 3x3
+        9.0
     """
     if max_area < 1:
         raise ValueError(f"max_area must be at least 1, got {max_area}.")
+    if isinstance(dilation, bool) or int(dilation) != dilation or dilation < 0:
+        raise ValueError(f"dilation must be a non-negative integer (pixels), got {dilation!r}.")
     if spatial_dims is None:
         spatial_dims = {3: 2, 4: 2 if label.ndim == 4 and label.shape[1] == 1 else 3, 5: 3}.get(label.ndim)
     if spatial_dims not in (2, 3):
@@ -363,4 +374,7 @@ def small_object_mask(
         is_small = area < max_area
         is_small[0] = False  # pixels outside the class
         small |= is_small[components]
-    return torch.as_tensor(small.reshape(label.shape), dtype=torch.float32, device=label.device)
+    result = torch.as_tensor(small, dtype=torch.float32)
+    if dilation > 0:
+        result = dilate(result[:, None], 2 * int(dilation) + 1)[:, 0]
+    return result.reshape(label.shape).to(label.device)

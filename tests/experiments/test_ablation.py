@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from maskseg_monai.data import BLOOD_CLASSES
-from maskseg_monai.experiments import ablation
+from maskseg_monai.experiments import (
+    BASELINE_METRICS,
+    GAIN_METRICS,
+    LESION_METRICS,
+    ablation,
+    baseline_columns,
+    evaluate,
+)
 from maskseg_monai.metrics import mps_hit_rates
 from maskseg_monai.networks import AMLPMaskedAutoencoder
 
@@ -19,22 +26,29 @@ TINY = {
     "decoder_hidden_size": 48, "decoder_mlp_dim": 96, "decoder_num_layers": 1, "decoder_num_heads": 4,
 }  # fmt: skip
 TINY_ARGS = [arg for k, v in TINY.items() for arg in ("--override", f"{k}={v}")]
+#: a tiny budget: 32 training scenes in batches of 4 (8 steps), 32 x 32 crops
+BUDGET_ARGS = ["--override", "steps_per_epoch=2", "--override", "batch_size=4", "--override", "img_size=32"]
 RECON = ["psnr_masked", "ssim_masked", "psnr_all", "ssim_all", "psnr_masked_lesion", "psnr_masked_small"]
 CLASS_METRICS = [f"psnr_masked_{name}" for name in BLOOD_CLASSES.values()]
 ON = {"use_mps": True, "arl_weight": 1.0, "ccl_weight": 0.1, "use_amr": True}
 
 
 @pytest.fixture(scope="module")
-def tiny_ablation(tmp_path_factory) -> tuple[Path, list[dict]]:
+def tiny_ablation(tmp_path_factory) -> tuple[Path, list[dict], list]:
     out = tmp_path_factory.mktemp("ablation")
-    argv = ["--variants", "+ccl", "mae", "--seeds", "0", "1", "--epochs", "1", "--lesion_classes", "3", "4",
-            "--output_dir", str(out), *TINY_ARGS]  # fmt: skip
-    return out, ablation.main(argv)
+    argv = ["--variants", "+ccl", "mae", "--seeds", "0", "1", "--epochs", "1", "--lesion_classes", "1", "3", "4",
+            "--small_area", "48", "--output_dir", str(out), *TINY_ARGS, *BUDGET_ARGS]  # fmt: skip
+    fits = []  # (patch size, ratio, seed) of every baseline fit
+    real = evaluate.fit_baselines
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluate, "fit_baselines", lambda crops, *a: fits.append(a) or real(crops, *a))
+        rows = ablation.main(argv)
+    return out, rows, fits
 
 
 @pytest.mark.slow
 def test_tiny_ablation_writes_results(tiny_ablation):
-    out, rows = tiny_ablation
+    out, rows, fits = tiny_ablation
     with open(out / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
     # seed-major, variants in their cumulative order whatever the order asked
@@ -43,19 +57,27 @@ def test_tiny_ablation_writes_results(tiny_ablation):
     assert columns[:6] == ["variant", "seed", "epochs", "steps", "train_loss", "train_seconds"]
     assert set(RECON + list(ablation.MPS_METRICS) + CLASS_METRICS) <= set(columns)
     for r in table:
-        assert r["epochs"] == "1" and r["steps"] == "4"  # 32 training scenes, batch 8
-        finite = ["train_loss", *RECON, *CLASS_METRICS, "mps_hit_rate", "chance_hit_rate"]
+        assert r["epochs"] == "1" and r["steps"] == "8"  # 32 training scenes, batch 4
+        finite = ["train_loss", *RECON, *BASELINE_METRICS, *GAIN_METRICS, *LESION_METRICS, "mps_hit_rate"]
         assert all(math.isfinite(float(r[c])) for c in finite), r
         assert 0 <= float(r["mps_hit_rate"]) <= 1 and 0 < float(r["chance_hit_rate"]) < 1
         has_mps = r["variant"] != "mae"
         assert all(math.isfinite(float(r[c])) == has_mps for c in ("category_precision", "category_recall")), r
-    # every variant and seed is scored on the same masks and lesion patches
-    assert len({r["baseline_psnr_masked"] for r in table}) == 1 and len({r["chance_hit_rate"] for r in table}) == 1
+        for metric in ("psnr_masked", "psnr_masked_small", "psnr_masked_lesion"):
+            for fill, gain in zip(*baseline_columns(metric)):
+                assert float(r[gain]) == pytest.approx(float(r[metric]) - float(r[fill]), abs=1e-3)
+    # every variant and seed is scored on the same masks, lesion patches and baselines, fitted once
+    for c in (*BASELINE_METRICS, *LESION_METRICS[1:4], "gaussian_sigma", "chance_hit_rate"):
+        assert len({r[c] for r in table}) == 1, c
+    assert fits == [(8, 0.75, 0)]  # the bundle's patch, the evaluation ratio (amr_end), the evaluation seed
     assert rows[1]["mps_hit_rate"] == pytest.approx(float(table[1]["mps_hit_rate"]), rel=1e-4)
 
     md = (out / "results.md").read_text()
     assert md.splitlines()[3].startswith("python -m maskseg_monai.experiments.ablation --variants +ccl mae --seeds 0 1")
-    assert "lesion classes (label values): 3 (platelet), 4 (platelet_aggregate)" in md
+    assert "lesion classes (label values): 1 (red_cell), 3 (platelet), 4 (platelet_aggregate)" in md
+    assert "TRAINING crops" in md and "patch 8, ratio 0.75: sigma" in md and "fewer than 48 pixels" in md
+    learned = next(line for line in md.splitlines() if line.startswith("| variant") and "learned" in line)
+    assert "gain_gaussian_psnr_masked" in learned and "masked pixels of the lesion classes" in md
     assert "Partial results" not in md and "not measured yet" in md and "±" in md
     assert "| mae | 2 |" in md and "| +ccl | 2 |" in md
     assert not list(out.glob(".tmp-*"))

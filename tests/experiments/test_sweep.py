@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
 
 from maskseg_monai.data import BLOOD_CLASSES
-from maskseg_monai.experiments import sweep
+from maskseg_monai.experiments import BASELINE_METRICS, GAIN_METRICS, baseline_columns, evaluate, sweep
 
 TINY = {
     "hidden_size": 48,
@@ -22,45 +23,86 @@ TINY = {
     "decoder_num_heads": 4,
 }
 TINY_ARGS = [arg for k, v in TINY.items() for arg in ("--override", f"{k}={v}")]
+#: a tiny budget: 32 training scenes in batches of 4 (8 steps), 32 x 32 crops
+BUDGET_ARGS = ["--override", "steps_per_epoch=2", "--override", "batch_size=4", "--override", "img_size=32"]
 METRICS = ["psnr_masked", "ssim_masked", "psnr_all", "ssim_all", "psnr_masked_small", "psnr_masked_rest"]
 CLASS_METRICS = [f"psnr_masked_{name}" for name in BLOOD_CLASSES.values()]
 
 
 @pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory) -> tuple[Path, list[dict]]:
+def tiny_sweep(tmp_path_factory) -> tuple[Path, list[dict], list[list[str]]]:
     out = tmp_path_factory.mktemp("sweep")
-    argv = ["--patch_sizes", "8", "16", "--mask_ratios", "0.5", "--epochs", "1", "--output_dir", str(out), *TINY_ARGS]
-    return out, sweep.main(argv)
+    argv = ["--patch_sizes", "8", "16", "--mask_ratios", "0.5", "--seeds", "0", "1", "--epochs", "1",
+            "--output_dir", str(out), *TINY_ARGS, *BUDGET_ARGS]  # fmt: skip
+    fitted_on = []  # the images of every datalist the baselines are fitted on
+    real = evaluate.sample_crops
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            evaluate, "sample_crops", lambda items, *a: fitted_on.append([i["image"] for i in items]) or real(items, *a)
+        )
+        rows = sweep.main(argv)
+    return out, rows, fitted_on
 
 
 @pytest.mark.slow
 def test_tiny_sweep_writes_results(tiny_sweep, capsys):
-    out, rows = tiny_sweep
+    out, rows, fitted_on = tiny_sweep
     with open(out / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert [(r["patch_size"], r["mask_ratio"]) for r in table] == [("8", "0.5"), ("16", "0.5")]
+    cells = [(r["patch_size"], r["mask_ratio"], r["seed"]) for r in table]
+    assert cells == [("8", "0.5", "0"), ("16", "0.5", "0"), ("8", "0.5", "1"), ("16", "0.5", "1")]
     columns = list(table[0])
-    assert columns[:6] == ["patch_size", "mask_ratio", "epochs", "steps", "train_loss", "train_seconds"]
-    assert set(METRICS + CLASS_METRICS) <= set(columns)
+    assert columns[:7] == ["patch_size", "mask_ratio", "seed", "epochs", "steps", "train_loss", "train_seconds"]
+    assert set(METRICS + CLASS_METRICS + list(BASELINE_METRICS + GAIN_METRICS) + ["gaussian_sigma"]) <= set(columns)
     for r in table:
-        assert r["epochs"] == "1" and r["steps"] == "4"  # 32 training scenes, batch 8
-        # every validation scene holds platelets, so all region and class metrics are defined
-        assert all(math.isfinite(float(r[c])) for c in ["train_loss", *METRICS, *CLASS_METRICS]), r
+        assert r["epochs"] == "1" and r["steps"] == "8"  # 32 training scenes, batch 4
+        finite = ["train_loss", *METRICS, *BASELINE_METRICS, *GAIN_METRICS]
+        assert all(math.isfinite(float(r[c])) for c in finite), r
         assert -1.0 <= float(r["ssim_masked"]) <= 1.0
+        for metric in ("psnr_masked", "psnr_masked_small"):
+            for fill, gain in zip(*baseline_columns(metric)):
+                assert float(r[gain]) == pytest.approx(float(r[metric]) - float(r[fill]), abs=1e-3)
+    # one fit per (patch, ratio), shared by its seeds, on the training scenes only
+    for a, b in ((0, 2), (1, 3)):
+        assert all(table[a][c] == table[b][c] for c in (*BASELINE_METRICS, "gaussian_sigma"))
+    datalist = json.loads(next((out / "demo_data").glob("*/dataset.json")).read_text())
+    training, validation = ({Path(i["image"]).name for i in datalist[k]} for k in ("training", "validation"))
+    assert len(fitted_on) == 2 and all({Path(i).name for i in images} == training for images in fitted_on)
+    assert not training & validation
     assert rows[0]["psnr_masked"] == pytest.approx(float(table[0]["psnr_masked"]), rel=1e-4)
 
     md = (out / "results.md").read_text()
     assert md.splitlines()[2].startswith("```")
     assert md.splitlines()[3].startswith(
-        "python -m maskseg_monai.experiments.sweep --patch_sizes 8 16 --mask_ratios 0.5"
+        "python -m maskseg_monai.experiments.sweep --patch_sizes 8 16 --mask_ratios 0.5 --seeds 0 1"
     )
+    assert "TRAINING crops" in md and "never on validation images" in md and "patch 16, ratio 0.5: sigma" in md
+    assert "fewer than 64 pixels, dilated by 2 pixels" in md and "Partial results" not in md
     table_lines = [line for line in md.splitlines() if line.startswith("| ")]
-    assert len(table_lines) == 3 and "psnr_masked_small" in table_lines[0]
+    first = next(line for line in table_lines if "learned" in line)
+    assert "gain_gaussian_psnr_masked" in first and "visible_mean_psnr_masked" in first
+    assert any(line.startswith("| 8 | 0.5 | 2 |") and " ± " in line for line in table_lines)
+    assert any("gain_gaussian_psnr_masked_small" in line for line in table_lines)
     png = out / "heatmap.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert not list(out.glob(".tmp-*"))
     for p in (8, 16):
-        assert (out / "cells" / f"patch{p}_ratio0.5" / "models" / "model_final.pt").is_file()
+        for seed in (0, 1):
+            assert (out / "cells" / f"patch{p}_ratio0.5_seed{seed}" / "models" / "model_final.pt").is_file()
+
+
+def test_heatmap_averages_the_seeds_of_a_cell(tmp_path, monkeypatch):
+    grids = []
+    real = sweep.np.ma.masked_invalid
+    monkeypatch.setattr(sweep.np.ma, "masked_invalid", lambda g: grids.append(g.copy()) or real(g))
+    rows = [
+        {"patch_size": 8, "mask_ratio": 0.5, "gain_gaussian_psnr_masked": -1.0},
+        {"patch_size": 8, "mask_ratio": 0.5, "gain_gaussian_psnr_masked": -3.0},
+        {"patch_size": 16, "mask_ratio": 0.5, "gain_gaussian_psnr_masked": 0.5},
+    ]
+    path = sweep.plot_heatmap(rows, tmp_path / "h.png", metrics=["gain_gaussian_psnr_masked"])
+    assert Path(path).read_bytes()[:4] == b"\x89PNG"
+    assert grids[0].tolist() == [[-2.0, 0.5]]
 
 
 def test_bad_patch_size_fails_before_training(tmp_path):
@@ -83,7 +125,7 @@ def test_bad_patch_size_fails_before_training(tmp_path):
 
 
 def test_bad_network_override_names_the_cell(tmp_path):
-    with pytest.raises(ValueError, match="cell patch 8, mask ratio 0.5: the bundle cannot build its network"):
+    with pytest.raises(ValueError, match="cell patch 8, mask ratio 0.5, seed 0: the bundle cannot build its network"):
         sweep.run_sweep([8], [0.5], epochs=1, output_dir=tmp_path, overrides={**TINY, "num_heads": 5})
     assert not (tmp_path / "cells").exists()
 
@@ -126,6 +168,19 @@ def test_cli_rejects_reserved_override(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--override", "mask_ratio=0.3", "--output_dir", str(tmp_path)])
     assert "--mask_ratios" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.main(["--override", "seed=3", "--output_dir", str(tmp_path)])
+    assert "--seeds" in capsys.readouterr().err
+
+
+def test_bad_seeds_and_small_region_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="--seeds"):
+        sweep.run_sweep([8], [0.5], epochs=1, seeds=[1, 1], output_dir=tmp_path, overrides=TINY)
+    with pytest.raises(ValueError, match="--small_dilation"):
+        sweep.run_sweep([8], [0.5], epochs=1, output_dir=tmp_path, overrides=TINY, small_dilation=-1)
+    with pytest.raises(ValueError, match="--small_area"):
+        sweep.run_sweep([8], [0.5], epochs=1, output_dir=tmp_path, overrides=TINY, small_area=0)
+    assert not (tmp_path / "cells").exists()
 
 
 def test_missing_config_and_datalist(tmp_path):

@@ -123,3 +123,23 @@ def test_small_object_mask_ill_args(shape, kwargs, match):
 def test_small_object_mask_rejects_negative_labels():
     with pytest.raises(ValueError, match="non-negative"):
         small_object_mask(-torch.ones(1, 1, 4, 4), 4)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_small_object_mask_dilation_grows_small_objects_only(spatial_dims):
+    label = torch.zeros(2, 1, *(12,) * spatial_dims)
+    label[(0, 0, *(slice(5, 6),) * spatial_dims)] = 3  # a 1-pixel object in the middle of image 0
+    label[(1, 0, *(slice(0, 6),) * spatial_dims)] = 1  # a large object in image 1
+    small = small_object_mask(label, max_area=2, dilation=2)
+    assert small.shape == label.shape and small.dtype == torch.float32
+    expected = torch.zeros_like(label)
+    expected[(0, 0, *(slice(3, 8),) * spatial_dims)] = 1  # the pixel grown to a 5^d square/cube
+    assert torch.equal(small, expected)  # nothing leaks into image 1, the large object stays out
+    # the area test runs before the dilation: growing does not make a large object small or a small one large
+    assert torch.equal(small_object_mask(label, max_area=2, dilation=0), (label == 3).float())
+
+
+@pytest.mark.parametrize("dilation", [-1, 1.5, True])
+def test_small_object_mask_rejects_bad_dilation(dilation):
+    with pytest.raises(ValueError, match="dilation"):
+        small_object_mask(torch.zeros(1, 1, 4, 4), 4, dilation=dilation)
