@@ -18,6 +18,7 @@ __all__ = ["ReconstructionMetricHandler", "ReconstructionSaver", "save_reconstru
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from PIL.Image import Image as PILImage
 
 
 class ReconstructionMetricHandler(IgniteMetricHandler):
@@ -126,7 +127,7 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
 PANEL_MIN_HEIGHT = 192
 
 
-def _panel_strip(panels: Sequence[torch.Tensor], titles: Sequence[str], caption: str, scale: int | None) -> "Image":
+def _panel_strip(panels: Sequence[torch.Tensor], titles: Sequence[str], caption: str, scale: int | None) -> PILImage:
     """Panels side by side, each enlarged by nearest neighbour and titled, with ``caption`` under the strip."""
     from PIL import Image, ImageDraw, ImageFont
 
