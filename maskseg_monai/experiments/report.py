@@ -106,18 +106,18 @@ def run_settings(
     return settings
 
 
-_SCORE_PREFIXES = ("dice", "f1", "precision", "recall")
+_SCORE_PREFIXES = ("dice", "f1", "precision", "recall", "val_dice")
 
 
 def format_value(value: Any, column: str) -> str:
-    """A results value as text: PSNR-like values with 2 decimals, SSIM and loss with 4, rates and scores in
-    [0, 1] (Dice, F1, precision, recall) with 3."""
+    """A results value as text: PSNR-like values with 2 decimals, SSIM and training losses with 4, rates and scores
+    in [0, 1] (Dice, F1, precision, recall) with 3."""
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
         if column == "mask_ratio":
             return f"{value:g}"
-        if column.startswith("ssim") or column == "train_loss":
+        if column.startswith(("ssim", "train_loss")):
             return f"{value:.4f}"
         if column.endswith(("_rate", "_precision", "_recall")) or column.startswith(_SCORE_PREFIXES):
             return f"{value:.3f}"

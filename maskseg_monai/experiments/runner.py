@@ -138,7 +138,10 @@ def prepare_data(dataset_dir: str | Path, demo_set: str, datalist: str | Path | 
 
 
 def train_cell(
-    config_file: str | Path, overrides: Mapping[str, Any], progress_bar: bool = False
+    config_file: str | Path,
+    overrides: Mapping[str, Any],
+    progress_bar: bool = False,
+    on_initialized: Callable[[ConfigWorkflow], None] | None = None,
 ) -> tuple[ConfigWorkflow, dict[str, float]]:
     """Train the bundle once, in-process: ``ConfigWorkflow(...).initialize(); run(); finalize()``.
 
@@ -147,6 +150,9 @@ def train_cell(
         overrides: bundle overrides, e.g. from :func:`run_overrides`.
         progress_bar: keep the per-iteration progress bar (``*ProgressBarHandler`` entries of
             ``train#rank0_handlers``). Defaults to False: the per-epoch log lines remain.
+        on_initialized: called with the workflow after ``initialize()`` and before ``run()``, e.g. to check what
+            ``initialize`` loaded or to attach handlers to ``train#trainer``; what it raises stops the cell
+            before any training step.
 
     Returns:
         the finished workflow (its parser holds the trained ``network``) and
@@ -159,6 +165,8 @@ def train_cell(
         workflow.parser["train#rank0_handlers"] = [h for h in handlers if not is_bar(h)]
     start = time.perf_counter()
     workflow.initialize()
+    if on_initialized is not None:
+        on_initialized(workflow)
     workflow.run()
     workflow.finalize()
     seconds = time.perf_counter() - start

@@ -1,37 +1,41 @@
-"""With-vs-without-pretraining study: UNETR fine-tuned from scratch, from an MAE encoder and from an AMLP encoder.
+"""Label-efficiency study: UNETR fine-tuned on k labelled images from scratch, from an MAE and from an AMLP encoder.
 
-For every seed, the ``mae`` and ``amlp`` bundles pretrain an encoder (same sizes, seed, data and number of
-epochs; each writes ``models/encoder.pt``), then the ``unetr_seg`` bundle is fine-tuned three ways (*arms*) with
-the same split, seed and budget:
+Pretraining and fine-tuning have their own data: for every seed, the ``mae`` and ``amlp`` bundles pretrain an
+encoder once on the pretraining data (default: the unlabelled ``nuclei2d_regions`` quadrants; same encoder sizes,
+seed and epochs; each writes ``models/encoder.pt``). Then, for each labelled-set size ``k`` (``--labels``), the
+``unetr_seg`` bundle is fine-tuned three ways (*arms*) on the same ``k`` training items of the fine-tuning data
+(default: ``nuclei2d``), with the same seed and the same number of optimizer steps whatever ``k`` is:
 
 - ``scratch``: ``pretrained_encoder=""``;
 - ``mae``: the MAE encoder of the same seed;
 - ``amlp``: the AMLP encoder of the same seed.
 
-Each fine-tuned network (its final weights, ``models/model_final.pt``) segments the validation split with the
-bundle's sliding-window ``inferer``; :func:`~maskseg_monai.metrics.evaluate_segmentation` scores each image
-(Dice per class and by object size, detection precision/recall/F1) and
-:func:`~maskseg_monai.metrics.summarize_metrics` averages over images. Training runs in-process through
-:func:`maskseg_monai.experiments.train_cell`.
+The ``k`` items are a seeded, nested choice (the ``k = 2`` items lie inside the ``k = 4`` items, and so on;
+:func:`~maskseg_monai.experiments.finetune.nested_subsets`), written as ``datalists/k<k>_seed<seed>.json``. A
+pretrained arm fails loudly unless its encoder loads whole (0 missing, 0 unexpected keys; the counts are logged
+and kept in the rows). Each fine-tuned network (its final weights) segments the whole validation split of the
+fine-tuning data (:func:`~maskseg_monai.experiments.finetune.evaluate_unetr`: Dice overall and by object size,
+object detection F1). The saturation check compares, for the scratch arm, the bundle's validation Dice at the
+middle and at the end of fine-tuning, and the training loss over the steps before each.
 
 Run it as a module::
 
-    python -m maskseg_monai.experiments.study --seeds 0 1 2 --pretrain_epochs 20 --finetune_epochs 20 \\
-        --demo_set bloodsmear2d --override out_channels=5
+    python -m maskseg_monai.experiments.study --seeds 0 1 2 --labels 2 4 8 16 --finetune_steps 240
 
-Outputs in ``--output_dir``: ``results.csv`` (one row per arm x seed), ``results.md`` (the command, the settings
-and mean ± std per arm) and ``study.png`` (mean Dice and small-object Dice per arm, mean ± std over seeds), each
-written atomically after every fine-tuning; one bundle root per run under ``runs/`` and the demo data under
-``demo_data/``.
+Outputs in ``--output_dir``: ``results.csv`` (one row per arm x k x seed), ``results.md`` (the command, the
+settings, mean ± std over seeds per arm x k, the gain of each pretrained arm over scratch, the saturation check
+and the transfer report) and ``study.png`` (Dice and small-object Dice against k per arm), each written
+atomically after every fine-tuning; one bundle root per run under ``runs/``, the labelled subsets under
+``datalists/`` and the demo data under ``demo_data/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,9 +43,16 @@ from typing import Any
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
-from monai.networks.utils import one_hot
 
+from maskseg_monai.data import ensure_demo_datalist, load_datalist
 from maskseg_monai.experiments.cli import COMMON_RESERVED_KEYS, check_run_inputs, command_line, parse_override
+from maskseg_monai.experiments.finetune import (
+    FinetuneMonitor,
+    evaluate_unetr,
+    finetune_schedule,
+    nested_subsets,
+    write_subset_datalist,
+)
 from maskseg_monai.experiments.report import (
     format_value,
     load_pyplot,
@@ -53,7 +64,6 @@ from maskseg_monai.experiments.report import (
     write_markdown,
 )
 from maskseg_monai.experiments.runner import (
-    DEFAULT_DEMO_SET,
     Cell,
     bundle_config_file,
     prepare_data,
@@ -62,12 +72,7 @@ from maskseg_monai.experiments.runner import (
     run_overrides,
     train_cell,
 )
-from maskseg_monai.metrics.segmentation import (
-    SIZE_THRESHOLDS,
-    evaluate_segmentation,
-    size_bucket_names,
-    summarize_metrics,
-)
+from maskseg_monai.metrics.segmentation import SIZE_THRESHOLDS, size_bucket_names
 
 __all__ = [
     "ARMS",
@@ -75,9 +80,11 @@ __all__ = [
     "ENCODER_KEYS",
     "RESERVED_KEYS",
     "DEFAULT_OUTPUT_DIR",
+    "DEFAULT_LABELS",
     "split_overrides",
     "check_encoder_sizes",
-    "evaluate_unetr",
+    "gains_over_scratch",
+    "saturation_check",
     "plot_study",
     "run_study",
     "main",
@@ -93,13 +100,24 @@ ENCODER_KEYS = (
 #: bundle keys the study sets itself, and the option that sets them
 RESERVED_KEYS: dict[str, str] = {
     **COMMON_RESERVED_KEYS,
-    "epochs": "--pretrain_epochs / --finetune_epochs",
+    "epochs": "--pretrain_epochs / --finetune_steps",
+    "demo_set": "--pretrain_demo_set / --finetune_demo_set",
+    "datalist": "--pretrain_datalist / --finetune_datalist",
     "seed": "--seeds",
     "pretrained_encoder": "the study's arms",
+    "warmup_epochs": "--finetune_warmup (the pretraining bundles keep their own)",
 }
 DEFAULT_OUTPUT_DIR = "sweeps/unetr_study"
+DEFAULT_PRETRAIN_DEMO_SET = "nuclei2d_regions"
+DEFAULT_FINETUNE_DEMO_SET = "nuclei2d"
+#: labelled-set sizes k
+DEFAULT_LABELS = (2, 4, 8, 16)
+#: the bundle's own fine-tuning budget: 40 epochs of the 6 batches of 8 that nuclei2d's 48 training tiles make
+DEFAULT_FINETUNE_STEPS = 240
 #: summary columns of results.md (``dice_small`` is the smallest size bucket's Dice)
 SUMMARY_COLUMNS = ("dice", "dice_small", "f1", "precision", "recall", "train_seconds")
+#: the scores compared between arms
+GAIN_COLUMNS = ("dice", "dice_small", "f1")
 
 
 def split_overrides(overrides: Mapping[str, Any], parsers: Mapping[str, ConfigParser]) -> dict[str, dict[str, Any]]:
@@ -142,61 +160,72 @@ def check_encoder_sizes(parsers: Mapping[str, ConfigParser], keys: Sequence[str]
     return shared
 
 
-def _class_names(parser: ConfigParser, out_channels: int) -> list[str]:
-    """One name per output channel, from the datalist's ``"labels"`` when it names them all, else indices."""
-    try:
-        labels = json.loads(Path(parser.get_parsed_content("datalist")).read_text()).get("labels", {})
-    except (OSError, ValueError, AttributeError):
-        labels = {}
-    return [str(labels.get(str(c), c)) for c in range(out_channels)]
+def _by_k(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], group: str = "arm") -> list[dict[str, Any]]:
+    """:func:`summarize_runs` per labelled-set size: one row per ``k`` x ``group`` (``k`` ascending, arms in
+    :data:`ARMS` order)."""
+    table = []
+    for k in sorted({r["k"] for r in rows}):
+        table += [{"k": k, **t} for t in summarize_runs([r for r in rows if r["k"] == k], columns, group, ARMS)]
+    return table
 
 
-@torch.no_grad()
-def evaluate_unetr(
-    network: torch.nn.Module,
-    parser: ConfigParser,
-    size_thresholds: Sequence[int] = SIZE_THRESHOLDS,
-    iou_threshold: float = 0.5,
-) -> dict[str, float]:
-    """Segment the bundle's validation split and score it with :func:`evaluate_segmentation`.
-
-    Each item goes through ``validate#preprocessing`` (image and label), the bundle's ``inferer`` (sliding
-    window) and an argmax; Dice and detection are averaged over images (:func:`summarize_metrics`).
+def gains_over_scratch(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = GAIN_COLUMNS
+) -> list[dict[str, Any]]:
+    """Paired differences of each pretrained run from the scratch run of the same ``k`` and seed (the same items,
+    seed and steps).
 
     Args:
-        network: the trained UNETR.
-        parser: the parser of its finished workflow.
-        size_thresholds: object-size bucket edges in pixels/voxels. Defaults to ``(16, 64)``.
-        iou_threshold: IoU for a detection match. Defaults to 0.5.
+        rows: study rows (``arm``, ``k``, ``seed`` and the ``columns``).
+        columns: the scores to compare.
 
     Returns:
-        the summarized metrics (``dice``, ``dice_<bucket>``, ``f1``, ``precision``, ``recall``, per-class keys,
-        ``n_*`` counts) plus ``dice_small``, the Dice of the smallest size bucket.
+        one row per pretrained run that has a scratch partner: ``arm``, ``k``, ``seed``, then
+        ``run[c] - scratch[c]`` per column.
 
-    Raises:
-        ValueError: when the validation split is empty or some item has no ``"label"``.
+    Example:
+        >>> rows = [{"arm": "scratch", "k": 2, "seed": 0, "dice": 0.5}, {"arm": "mae", "k": 2, "seed": 0, "dice": 0.6}]
+        >>> [(g["arm"], round(g["dice"], 3)) for g in gains_over_scratch(rows, ["dice"])]
+        [('mae', 0.1)]
     """
-    items = parser.get_parsed_content("validate#datalist")
-    if not items or any("label" not in item for item in items):
-        raise ValueError("the study needs a labelled, non-empty validation split ('validation' items with 'label').")
-    preprocessing = parser.get_parsed_content("validate#preprocessing")
-    inferer, device = parser.get_parsed_content("inferer"), parser.get_parsed_content("device")
-    out_channels = int(parser.get_parsed_content("out_channels"))
-    names = _class_names(parser, out_channels)
-    network.eval()
-    rows: list[dict[str, float]] = []
-    for item in items:
-        data = preprocessing(dict(item))
-        x = torch.as_tensor(data["image"])[None].float().to(device)  # [1, C, *spatial]
-        y = torch.as_tensor(data["label"])[None].long()  # [1, 1, *spatial]
-        pred = inferer(x, network).argmax(1, keepdim=True).cpu()  # [1, 1, *spatial]
-        rows += evaluate_segmentation(
-            one_hot(pred, out_channels), one_hot(y, out_channels), class_names=names,
-            size_thresholds=size_thresholds, iou_threshold=iou_threshold,
-        )  # fmt: skip
-    summary = summarize_metrics(rows)
-    summary["dice_small"] = summary.get(f"dice_{size_bucket_names(size_thresholds)[0]}", math.nan)
-    return summary
+    scratch = {(r["k"], r["seed"]): r for r in rows if r["arm"] == "scratch"}
+    return [
+        {"arm": r["arm"], "k": r["k"], "seed": r["seed"]}
+        | {c: float(r[c]) - float(scratch[r["k"], r["seed"]][c]) for c in columns}
+        for r in rows
+        if r["arm"] != "scratch" and (r["k"], r["seed"]) in scratch
+    ]
+
+
+def saturation_check(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.01) -> list[dict[str, Any]]:
+    """Is the scratch arm still learning at the end of the budget? One row per ``k``.
+
+    Compares the bundle's validation Dice (``val_mean_dice``) at the middle and at the end of fine-tuning
+    (``val_dice_mid``, ``val_dice_last``) and the training loss over the steps before each (``train_loss_mid``,
+    ``train_loss_last``), averaged over seeds. Scratch is *saturated* at ``k`` when its mean Dice rise is at most
+    ``tolerance``: then the budget is long enough for it to reach its plateau.
+
+    Args:
+        rows: study rows; only the ``scratch`` ones are read.
+        tolerance: the least mean rise of validation Dice from the middle to the end that counts as still rising.
+
+    Returns:
+        ``k``, ``runs``, the four values and ``val_dice_rise`` (mean ± std over seeds), ``loss_falling``
+        (``yes``/``no``) and ``verdict`` (``rising``, or ``saturated``).
+    """
+    columns = ["val_dice_mid", "val_dice_last", "val_dice_rise", "train_loss_mid", "train_loss_last"]
+    table = []
+    for k in sorted({r["k"] for r in rows if r["arm"] == "scratch"}):
+        runs = [dict(r) for r in rows if r["arm"] == "scratch" and r["k"] == k]
+        for r in runs:
+            r["val_dice_rise"] = r["val_dice_last"] - r["val_dice_mid"]
+        (row,) = summarize_runs(runs, columns, "k")
+        rise = mean_std([r["val_dice_rise"] for r in runs])[0]
+        drop = mean_std([r["train_loss_mid"] - r["train_loss_last"] for r in runs])[0]
+        row["loss_falling"] = "nan" if math.isnan(drop) else ("yes" if drop > 0 else "no")
+        row["verdict"] = "nan" if math.isnan(rise) else ("rising" if rise > tolerance else "saturated")
+        table.append(row)
+    return table
 
 
 def plot_study(
@@ -206,14 +235,14 @@ def plot_study(
     labels: Sequence[str] | None = None,
     title: str = "",
 ) -> str:
-    """Grouped bar chart: one group per metric, one bar per arm (mean over seeds, error bar = std), each seed as a
-    dot; written atomically.
+    """Label-efficiency curves: one panel per metric, score against ``k`` per arm (mean over seeds, error bar =
+    std), each seed as a dot; written atomically.
 
     Args:
-        rows: study rows with ``arm`` and the ``metrics``.
+        rows: study rows with ``arm``, ``k`` and the ``metrics``.
         path: the PNG to write.
-        metrics: one group each. Defaults to mean Dice and small-object Dice.
-        labels: axis label per metric. Defaults to the metric names.
+        metrics: one panel each. Defaults to mean Dice and small-object Dice.
+        labels: panel title per metric. Defaults to the metric names.
         title: figure title.
 
     Returns:
@@ -224,207 +253,315 @@ def plot_study(
     """
     plt = load_pyplot("the study's plot")
     arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
+    ks = sorted({int(r["k"]) for r in rows})
     labels = list(labels or metrics)
-    width = 0.8 / max(len(arms), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(metrics), 3.6))
-    for i, arm in enumerate(arms):
-        values = np.array([[float(r.get(m, math.nan)) for m in metrics] for r in rows if r["arm"] == arm])
-        stats = [mean_std(values[:, j]) for j in range(len(metrics))]
-        xs = np.arange(len(metrics)) + (i - (len(arms) - 1) / 2) * width
-        means = [m for m, _ in stats]
-        errs = [0.0 if math.isnan(s) else s for _, s in stats]
-        ax.bar(xs, np.nan_to_num(means), width, yerr=errs, capsize=4, label=arm, alpha=0.85)
-        for j, x in enumerate(xs):
-            ax.scatter(np.full(len(values), x), values[:, j], color="black", s=10, zorder=3)
-    ax.set_xticks(np.arange(len(metrics)), labels)
-    ax.set_ylabel("Dice (validation)")
-    ax.set_ylim(0, 1)
-    ax.legend(title="encoder", fontsize="small")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.0 + 3.6 * len(metrics), 3.6), squeeze=False)
+    for ax, metric, label in zip(axes[0], metrics, labels):
+        for i, arm in enumerate(arms):
+            shift = 1.0 + 0.04 * (i - (len(arms) - 1) / 2)  # arms side by side on the log axis
+            stats = [mean_std([r.get(metric, math.nan) for r in rows if r["arm"] == arm and r["k"] == k]) for k in ks]
+            means = [m for m, _ in stats]
+            errs = [0.0 if math.isnan(s) else s for _, s in stats]
+            ax.errorbar(np.array(ks) * shift, means, yerr=errs, marker="o", capsize=3, label=arm)
+            dots = [(int(r["k"]) * shift, float(r.get(metric, math.nan))) for r in rows if r["arm"] == arm]
+            ax.scatter([x for x, _ in dots], [y for _, y in dots], color="black", s=8, zorder=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("labelled training images (k)")
+        ax.set_ylabel("validation score")
+        ax.set_ylim(0, 1)
+        ax.set_title(label, fontsize="medium")
+    axes[0][0].legend(title="encoder", fontsize="small")
     if title:
-        ax.set_title(title, fontsize="medium")
+        fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
-
     return save_figure(fig, path)
 
 
 def run_study(
     seeds: Sequence[int] = (0, 1, 2),
-    pretrain_epochs: int = 20,
-    finetune_epochs: int = 20,
-    demo_set: str = DEFAULT_DEMO_SET,
-    datalist: str | Path | None = None,
+    labels: Sequence[int] = DEFAULT_LABELS,
+    pretrain_epochs: int | None = None,
+    finetune_steps: int = DEFAULT_FINETUNE_STEPS,
+    finetune_validations: int = 4,
+    finetune_warmup: float = 0.05,
+    pretrain_demo_set: str = DEFAULT_PRETRAIN_DEMO_SET,
+    pretrain_datalist: str | Path | None = None,
+    finetune_demo_set: str = DEFAULT_FINETUNE_DEMO_SET,
+    finetune_datalist: str | Path | None = None,
     output_dir: str | Path = DEFAULT_OUTPUT_DIR,
     config_files: Mapping[str, str | Path] | None = None,
     overrides: Mapping[str, Any] | None = None,
     size_thresholds: Sequence[int] = SIZE_THRESHOLDS,
     iou_threshold: float = 0.5,
+    saturation_tolerance: float = 0.01,
     command: str | None = None,
     progress_bar: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Pretrain MAE and AMLP, fine-tune UNETR from scratch / MAE / AMLP for every seed, evaluate, write the results.
+    """Pretrain MAE and AMLP once per seed, fine-tune UNETR from scratch / MAE / AMLP on each ``k`` labelled
+    images, evaluate, write the results.
 
     Args:
-        seeds: training seeds; each seed pretrains both encoders and fine-tunes the three arms.
-        pretrain_epochs: epochs of every MAE and AMLP pretraining.
-        finetune_epochs: epochs of every UNETR fine-tuning.
-        demo_set: built-in demo set (``maskseg_monai.data.DEMO_SETS``) when no ``datalist`` is given.
-        datalist: a MONAI datalist JSON with labelled ``"training"``/``"validation"`` lists.
-        output_dir: where results, run bundle roots (``runs/``) and demo data go.
+        seeds: training seeds; each seed pretrains both encoders, chooses its nested labelled subsets and
+            fine-tunes the three arms on each.
+        labels: the labelled-set sizes ``k``.
+        pretrain_epochs: epochs of every MAE and AMLP pretraining (of the bundles' ``steps_per_epoch`` batches).
+            Defaults to each bundle's ``epochs``.
+        finetune_steps: optimizer steps of every UNETR fine-tuning, whatever ``k`` is (:func:`finetune_schedule`).
+        finetune_validations: validations during each fine-tuning (even; the middle and the last feed the
+            saturation check).
+        finetune_warmup: the fine-tuning's linear warm-up, as a fraction of ``finetune_steps``.
+        pretrain_demo_set: built-in demo set to pretrain on when no ``pretrain_datalist`` is given.
+        pretrain_datalist: a MONAI datalist JSON to pretrain on (its ``"training"`` images; labels unused).
+        finetune_demo_set: built-in labelled demo set to fine-tune on when no ``finetune_datalist`` is given.
+        finetune_datalist: a MONAI datalist JSON with labelled ``"training"``/``"validation"`` lists.
+        output_dir: where results, run bundle roots (``runs/``), subsets (``datalists/``) and demo data go.
         config_files: bundle name (``"mae"``, ``"amlp"``, ``"unetr_seg"``) -> its ``train.json``. Defaults to the
             repository's bundles.
         overrides: ``key -> value`` overrides, each given to every bundle that declares the key (network sizes
-            to all three; ``out_channels`` to the UNETR only).
+            and ``batch_size`` to all three; ``steps_per_epoch`` to the pretraining bundles; ``out_channels`` to the
+            UNETR only).
         size_thresholds: object-size bucket edges of the evaluation; the first bucket is "small".
         iou_threshold: IoU of a detection match.
+        saturation_tolerance: see :func:`saturation_check`.
         command: the command line recorded in ``results.md``.
         progress_bar: keep the bundles' per-iteration progress bars.
         log: where progress lines go.
 
     Returns:
-        one dict per arm x seed (seed-major): ``arm``, ``seed``, ``pretrain_epochs``, ``finetune_epochs``,
-        ``steps``, ``train_loss``, ``train_seconds``, ``pretrain_seconds``, ``dice``, ``dice_small``, ``f1``, then
-        the other metrics of :func:`evaluate_unetr`.
+        one dict per arm x k x seed (seed-major, then k, then arm): ``arm``, ``k``, ``seed``, ``pretrain_epochs``,
+        ``steps``, ``train_loss``, ``train_seconds``, ``pretrain_seconds``, ``dice``, ``dice_small``, ``f1``,
+        ``precision``, ``recall``, the transfer counts and the validation curve
+        (:meth:`~maskseg_monai.experiments.finetune.FinetuneMonitor.columns`), then the other metrics of
+        :func:`evaluate_unetr`.
 
     Raises:
-        ValueError: on no or repeated seeds, epochs < 1, a reserved or undeclared override, encoder sizes that
-            differ between the bundles, or a network a bundle cannot build (all before any training).
-        FileNotFoundError: when a config file or ``datalist`` does not exist.
+        ValueError: on no or repeated seeds, bad labelled-set sizes, epochs < 1, a bad fine-tuning schedule, a
+            reserved or undeclared override, encoder sizes that differ between the bundles, or a network a bundle
+            cannot build (all before any training).
+        FileNotFoundError: when a config file or datalist does not exist.
+        RuntimeError: when a pretrained arm's encoder does not load whole, or a fine-tuning ran another number of
+            steps than ``finetune_steps``.
     """
     files = {b: Path(bundle_config_file(b)) for b in (*PRETRAIN_BUNDLES, "unetr_seg") if b not in (config_files or {})}
     files.update({b: Path(f) for b, f in (config_files or {}).items()})
     extra = dict(overrides or {})
-    for option, value in (("--pretrain_epochs", pretrain_epochs), ("--finetune_epochs", finetune_epochs)):
-        if value < 1:
-            raise ValueError(f"{option} must be at least 1, got {value}.")
+    if pretrain_epochs is not None and pretrain_epochs < 1:
+        raise ValueError(f"--pretrain_epochs must be at least 1, got {pretrain_epochs}.")
+    schedule = finetune_schedule(finetune_steps, finetune_validations, finetune_warmup)
+    for option, datalist in (("--pretrain_datalist", pretrain_datalist), ("--finetune_datalist", finetune_datalist)):
+        if datalist is not None and not Path(datalist).is_file():
+            raise FileNotFoundError(f"{option} {datalist} does not exist.")
     for f in files.values():
-        check_run_inputs(f, datalist, min(pretrain_epochs, finetune_epochs), extra, RESERVED_KEYS, "the study")
+        check_run_inputs(f, None, pretrain_epochs or 1, extra, RESERVED_KEYS, "the study")
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must list one or more distinct seeds, got {seeds}.")
+    nested_subsets(max(labels, default=1), labels, 0)  # the sizes themselves; their range once the data is here
     output_dir = Path(output_dir).resolve()
     data_dir = output_dir / "demo_data"
 
     per_bundle = split_overrides(extra, {b: read_bundle(f) for b, f in files.items()})
     bases = {b: read_bundle(f, per_bundle[b]) for b, f in files.items()}
     encoder = check_encoder_sizes(bases)
-
-    def over(bundle: str, seed: int, epochs: int, root: Path, cell: Mapping[str, Any] | None = None) -> dict:
-        return run_overrides(epochs, seed, root, data_dir, demo_set, datalist, per_bundle[bundle], cell)
+    epochs = {b: int(pretrain_epochs or bases[b].get_parsed_content("epochs")) for b in PRETRAIN_BUNDLES}
+    prepare_data(data_dir, pretrain_demo_set, pretrain_datalist)
+    source = Path(finetune_datalist or ensure_demo_datalist(data_dir, finetune_demo_set)).resolve()
+    num_items = len(load_datalist(source, "training"))
 
     pretrain: dict[tuple[str, int], Cell] = {}
     finetune: list[Cell] = []
     for seed in seeds:
         for b in PRETRAIN_BUNDLES:
             root = output_dir / "runs" / f"{b}_seed{seed}"
-            pretrain[b, seed] = Cell(f"pretrain {b}, seed {seed}", {"root": root}, over(b, seed, pretrain_epochs, root))
-        for arm in ARMS:
-            root = output_dir / "runs" / f"unetr_{arm}_seed{seed}"
-            enc = "" if arm == "scratch" else str(pretrain[arm, seed].info["root"] / "models" / "encoder.pt")
-            info = {"arm": arm, "seed": seed, "pretrain_epochs": 0 if arm == "scratch" else pretrain_epochs,
-                    "finetune_epochs": finetune_epochs}  # fmt: skip
-            cell = over("unetr_seg", seed, finetune_epochs, root, {"pretrained_encoder": enc})
-            finetune.append(Cell(f"UNETR {arm}, seed {seed}", info, cell))
+            over = run_overrides(epochs[b], seed, root, data_dir, pretrain_demo_set, pretrain_datalist, per_bundle[b])
+            pretrain[b, seed] = Cell(f"pretrain {b}, seed {seed}", {"root": root}, over)
+        for k, items in nested_subsets(num_items, labels, seed, str(source)).items():
+            subset = write_subset_datalist(source, items, output_dir / "datalists" / f"k{k}_seed{seed}.json")
+            for arm in ARMS:
+                root = output_dir / "runs" / f"unetr_{arm}_k{k}_seed{seed}"
+                enc = "" if arm == "scratch" else str(pretrain[arm, seed].info["root"] / "models" / "encoder.pt")
+                info = {"arm": arm, "k": k, "seed": seed, "pretrain_epochs": epochs.get(arm, 0)}
+                over = run_overrides(finetune_validations, seed, root, data_dir, None, subset, per_bundle["unetr_seg"],
+                                     {**schedule, "pretrained_encoder": enc})  # fmt: skip
+                finetune.append(Cell(f"UNETR {arm}, k {k}, seed {seed}", info | {"encoder": enc or None}, over))
     for b in PRETRAIN_BUNDLES:
         probe_cells(files[b], [c for (name, _), c in pretrain.items() if name == b][:1])
     probe_cells(files["unetr_seg"], finetune[:1])
-    prepare_data(data_dir, demo_set, datalist)
 
     command = command or "maskseg_monai.experiments.study.run_study(...)"
-    small = size_bucket_names(size_thresholds)[0]
+    buckets = size_bucket_names(size_thresholds)
     unit = "pixels" if int(encoder["spatial_dims"]) == 2 else "voxels"
+    batch = {b: bases[b].get_parsed_content("batch_size") for b in files}
+    data_text = lambda dl, demo: f"datalist `{dl}`" if dl is not None else f"demo set `{demo}`"  # noqa: E731
     settings = {
         "configs": ", ".join(f"`{f}`" for f in files.values()),
-        "data": f"datalist `{datalist}`" if datalist is not None else f"demo set `{demo_set}`",
-        "arms": "`scratch` (no pretraining), `mae` (MAE encoder), `amlp` (AMLP encoder); same split, seed, budget",
+        "pretraining data (MAE, AMLP)": data_text(pretrain_datalist, pretrain_demo_set) + ", its training images",
+        "fine-tuning data (UNETR)": f"{data_text(finetune_datalist, finetune_demo_set)}: k of its {num_items} "
+        "training items, evaluated on its whole validation split",
+        "labelled subsets": f"k in {', '.join(map(str, sorted(labels)))}; per seed the first k of one seeded "
+        "permutation of the training items (nested: the smaller sets lie inside the larger ones), the same for "
+        "the three arms; `datalists/k<k>_seed<seed>.json`",
+        "arms": "`scratch` (no pretraining), `mae` (MAE encoder), `amlp` (AMLP encoder); same items, seed, steps",
         "seeds": ", ".join(map(str, seeds)),
-        "pretraining epochs (MAE and AMLP)": pretrain_epochs,
-        "fine-tuning epochs (UNETR)": finetune_epochs,
+        "pretraining": ", ".join(
+            f"{b} {epochs[b]} epochs of {bases[b].get('steps_per_epoch', '?')} steps, batch {batch[b]}"
+            for b in PRETRAIN_BUNDLES
+        ),
+        "fine-tuning budget": f"{finetune_steps} optimizer steps of batch {batch['unetr_seg']} for every k "
+        f"(a RandomSampler epoch of {finetune_steps // finetune_validations} steps, {finetune_validations} epochs), "
+        f"warm-up {finetune_warmup:g} of the steps, validation every {finetune_steps // finetune_validations} steps",
         "encoder (all bundles)": ", ".join(f"`{k}={v}`" for k, v in encoder.items()),
         "overrides": ", ".join(f"`{k}={v}`" for k, v in extra.items()) or "none",
         "UNETR settings used": ", ".join(
             f"`{k}={bases['unetr_seg'].get(k)}`"
-            for k in ("out_channels", "feature_size", "batch_size", "learning_rate", "weight_decay", "warmup_epochs")
+            for k in ("out_channels", "feature_size", "batch_size", "learning_rate", "weight_decay")
         ),
-        "evaluation": f"final weights (`model_final.pt`) on the validation split, sliding window, argmax; Dice "
-        f"without background, averaged over classes then images; `dice_small` = Dice of ground-truth objects of "
-        f"fewer than {size_thresholds[0]} {unit} (`dice_{small}`); detection at IoU >= {iou_threshold:g}",
+        "evaluation": f"final weights on the validation split, sliding window, argmax; Dice without background, "
+        f"averaged over classes then images; `dice_small` = Dice of ground-truth objects of fewer than "
+        f"{size_thresholds[0]} {unit} (`dice_{buckets[0]}`); object detection F1 at IoU >= {iou_threshold:g}",
+        "saturation check": "scratch arm, the bundle's validation Dice (`val_mean_dice`) after "
+        f"{finetune_steps // 2} vs {finetune_steps} steps, and the mean training loss over the steps before each; "
+        f"'saturated' when the mean Dice rise is at most {saturation_tolerance:g}",
         "torch threads": torch.get_num_threads(),
     }
     total = len(finetune)
-    run_columns = ["arm", "seed", "steps", "train_loss", *SUMMARY_COLUMNS, "pretrain_seconds"]
+    run_columns = ["arm", "k", "seed", "steps", "train_loss", *GAIN_COLUMNS, "val_dice_mid", "val_dice_last",
+                   "encoder_loaded", "encoder_tensors", "encoder_missing", "encoder_unexpected", "train_seconds",
+                   "pretrain_seconds"]  # fmt: skip
 
     def save(rows: list[dict[str, Any]]) -> None:
         write_csv(rows, output_dir / "results.csv")
-        partial = [f"**Partial results: {len(rows)} of {total} runs done.**"] if len(rows) < total else []
+        pretrained = [r for r in rows if r["arm"] != "scratch"]
+        loads = sorted({f"{r['encoder_loaded']}/{r['encoder_tensors']}" for r in pretrained})
+        transfer = (
+            f"{len(pretrained)} fine-tuning(s) of the pretrained arms loaded {' or '.join(loads) or 'no'} encoder "
+            f"tensors: {sum(r['encoder_missing'] for r in pretrained)} missing, "
+            f"{sum(r['encoder_unexpected'] for r in pretrained)} unexpected keys in all (a run with any stops the "
+            "study); per run in `results.csv` (`encoder_*`)."
+        )
+        gains = gains_over_scratch(rows)
         sections = [
-            *partial,
-            "## Mean ± std over seeds\n\n" + markdown_table(summarize_runs(rows, SUMMARY_COLUMNS, "arm", ARMS)),
-            "## Dice by object size\n\n"
-            + markdown_table(
-                summarize_runs(rows, [f"dice_{b}" for b in size_bucket_names(size_thresholds)], "arm", ARMS)
-            ),
+            *([f"**Partial results: {len(rows)} of {total} runs done.**"] if len(rows) < total else []),
+            "## Mean ± std over seeds\n\n" + markdown_table(_by_k(rows, SUMMARY_COLUMNS)),
+            "## Dice by object size\n\n" + markdown_table(_by_k(rows, [f"dice_{b}" for b in buckets])),
+            "## Gain over scratch (paired by k and seed; mean ± std over seeds)\n\n"
+            + (markdown_table(_by_k(gains, GAIN_COLUMNS)) if gains else "no pair yet"),
+            "## Is scratch saturated? (validation Dice and training loss, middle vs end of fine-tuning)\n\n"
+            + markdown_table(saturation_check(rows, saturation_tolerance)),  # scratch runs first at each k
+            "## Encoder transfer\n\n" + transfer,
             "## Runs\n\n"
             + markdown_table([{c: format_value(r[c], c) for c in run_columns} for r in rows], run_columns),
         ]
-        write_markdown(output_dir / "results.md", "UNETR: from scratch vs MAE vs AMLP pretraining", command,
-                       settings, sections)  # fmt: skip
-        title = f"UNETR fine-tuning, {len({r['seed'] for r in rows})} seed(s), {settings['data']}".replace("`", "")
-        plot_study(rows, output_dir / "study.png", labels=("mean Dice", f"small-object Dice ({small})"), title=title)
+        write_markdown(output_dir / "results.md", "Label efficiency: UNETR from scratch vs MAE vs AMLP pretraining",
+                       command, settings, sections)  # fmt: skip
+        title = f"UNETR fine-tuning on k labelled images, {len({r['seed'] for r in rows})} seed(s)"
+        plot_study(rows, output_dir / "study.png", labels=("Dice", f"small-object Dice ({buckets[0]})"), title=title)
 
     rows: list[dict[str, Any]] = []
     pretrain_seconds: dict[tuple[str, int], float] = {}
     for i, cell in enumerate(finetune, 1):
-        arm, seed = cell.info["arm"], cell.info["seed"]
+        arm, seed, enc = cell.info["arm"], cell.info["seed"], cell.info["encoder"]
         for b in PRETRAIN_BUNDLES:  # both encoders of a seed, before its first fine-tuning
             if (b, seed) not in pretrain_seconds:
-                log(f"{pretrain[b, seed].label}: training {pretrain_epochs} epoch(s) ...")
+                log(f"{pretrain[b, seed].label}: training {epochs[b]} epoch(s) ...")
                 workflow, info = train_cell(files[b], pretrain[b, seed].overrides, progress_bar=progress_bar)
                 pretrain_seconds[b, seed] = info["train_seconds"]
                 log(f"{pretrain[b, seed].label}: {info['steps']} steps in {info['train_seconds']:.0f} s, "
                     f"loss {info['train_loss']:.4f}")  # fmt: skip
                 del workflow
-        log(f"[{i}/{total}] {cell.label}: fine-tuning {finetune_epochs} epoch(s) ...")
-        workflow, info = train_cell(files["unetr_seg"], cell.overrides, progress_bar=progress_bar)
-        start = time.perf_counter()
+                gc.collect()
+        log(f"[{i}/{total}] {cell.label}: fine-tuning {finetune_steps} steps ...")
+        with FinetuneMonitor(cell.label, enc) as monitor:
+            workflow, info = train_cell(files["unetr_seg"], cell.overrides, progress_bar, on_initialized=monitor)
+        if info["steps"] != finetune_steps:
+            raise RuntimeError(f"{cell.label}: ran {info['steps']} steps instead of --finetune_steps {finetune_steps}.")
+        monitored = monitor.columns()
+        if enc:
+            log(f"[{i}/{total}] {cell.label}: encoder transfer from {enc}: loaded {monitored['encoder_loaded']}/"
+                f"{monitored['encoder_tensors']} tensors, {monitored['encoder_missing']} missing, "
+                f"{monitored['encoder_unexpected']} unexpected keys")  # fmt: skip
         # the in-memory network holds the final weights, the same as models/model_final.pt
         metrics = evaluate_unetr(workflow.parser.get_parsed_content("network"), workflow.parser, size_thresholds,
                                  iou_threshold)  # fmt: skip
         first = {k: metrics[k] for k in ("dice", "dice_small", "f1", "precision", "recall")}
-        row = {**cell.info, **info, "pretrain_seconds": pretrain_seconds.get((arm, seed), 0.0)}
-        rows.append(row | first | {k: v for k, v in metrics.items() if k not in first})
-        scores = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("dice", "dice_small", "f1"))
-        seconds = f"{info['train_seconds']:.0f} s (evaluation {time.perf_counter() - start:.0f} s)"
-        log(f"[{i}/{total}] {cell.label}: {info['steps']} steps in {seconds}, {scores}")
+        row = {k: v for k, v in cell.info.items() if k != "encoder"} | info
+        row |= {"pretrain_seconds": pretrain_seconds.get((arm, seed), 0.0)} | first | monitored
+        rows.append(row | {k: v for k, v in metrics.items() if k not in first})
+        scores = ", ".join(f"{k} {metrics[k]:.3f}" for k in GAIN_COLUMNS)
+        curve = f"validation Dice {monitored['val_dice_mid']:.3f} at mid, {monitored['val_dice_last']:.3f} at end"
+        log(f"[{i}/{total}] {cell.label}: {info['steps']} steps in {info['train_seconds']:.0f} s, {scores}, {curve}")
         del workflow
+        gc.collect()
         save(rows)
+    for r in saturation_check(rows, saturation_tolerance):
+        if r["verdict"] == "saturated":
+            log(f"warning: scratch is saturated at k={r['k']} (validation Dice {r['val_dice_mid']} at mid, "
+                f"{r['val_dice_last']} at end): the budget lets it reach its plateau.")  # fmt: skip
     return rows
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m maskseg_monai.experiments.study",
-        description="Fine-tune the UNETR bundle from scratch, from an MAE encoder and from an AMLP encoder (each "
-        "pretrained by its bundle) with the same split, budget and seeds; report Dice (all, by object size) and "
-        "detection F1 as mean ± std over seeds.",
+        description="Label efficiency: pretrain MAE and AMLP encoders (their bundles) on the pretraining data, then "
+        "fine-tune the UNETR bundle from scratch, from the MAE encoder and from the AMLP encoder on k labelled "
+        "images of the fine-tuning data (same items, steps and seeds); report Dice (all, by object size) and "
+        "object F1 as mean ± std over seeds, the gain over scratch, a saturation check of scratch and the "
+        "encoder transfer report.",
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
-    ap.add_argument("--pretrain_epochs", type=int, default=20, help="MAE/AMLP pretraining epochs (default 20)")
-    ap.add_argument("--finetune_epochs", type=int, default=20, help="UNETR fine-tuning epochs (default 20)")
-    data = ap.add_mutually_exclusive_group()
-    data.add_argument("--demo_set", default=DEFAULT_DEMO_SET, help=f"built-in demo set (default {DEFAULT_DEMO_SET})")
-    data.add_argument("--datalist", default=None, help="a MONAI datalist JSON to use instead of a demo set")
+    ap.add_argument(
+        "--labels", type=int, nargs="+", default=list(DEFAULT_LABELS),
+        help="labelled-set sizes k, nested per seed (default 2 4 8 16)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--pretrain_epochs", type=int, default=None,
+        help="MAE/AMLP pretraining epochs of the bundles' steps_per_epoch batches (default: the bundles' epochs)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--finetune_steps", type=int, default=DEFAULT_FINETUNE_STEPS,
+        help=f"optimizer steps of every UNETR fine-tuning, for every k (default {DEFAULT_FINETUNE_STEPS}: the "
+        "bundle's 40 epochs of 6 batches on the 48 nuclei2d tiles)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--finetune_validations", type=int, default=4,
+        help="validations during each fine-tuning, evenly spaced, even (default 4); the middle and the last feed "
+        "the saturation check",
+    )  # fmt: skip
+    ap.add_argument(
+        "--finetune_warmup", type=float, default=0.05, help="fine-tuning warm-up, fraction of the steps (default 0.05)"
+    )
+    pre = ap.add_mutually_exclusive_group()
+    pre.add_argument(
+        "--pretrain_demo_set", default=DEFAULT_PRETRAIN_DEMO_SET,
+        help=f"built-in demo set to pretrain on (default {DEFAULT_PRETRAIN_DEMO_SET})",
+    )  # fmt: skip
+    pre.add_argument("--pretrain_datalist", default=None, help="a MONAI datalist JSON to pretrain on")
+    fine = ap.add_mutually_exclusive_group()
+    fine.add_argument(
+        "--finetune_demo_set", default=DEFAULT_FINETUNE_DEMO_SET,
+        help=f"built-in labelled demo set to fine-tune on (default {DEFAULT_FINETUNE_DEMO_SET})",
+    )  # fmt: skip
+    fine.add_argument(
+        "--finetune_datalist", default=None, help="a labelled MONAI datalist JSON to fine-tune and evaluate on"
+    )
     ap.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default {DEFAULT_OUTPUT_DIR}")
     ap.add_argument(
         "--size_thresholds", type=int, nargs="+", default=list(SIZE_THRESHOLDS),
         help="object-size bucket edges in pixels/voxels; the first bucket is 'small' (default 16 64)",
     )  # fmt: skip
     ap.add_argument("--iou_threshold", type=float, default=0.5, help="IoU of a detection match (default 0.5)")
+    ap.add_argument(
+        "--saturation_tolerance", type=float, default=0.01,
+        help="least rise of scratch's validation Dice from mid to end that counts as still rising (default 0.01)",
+    )  # fmt: skip
     ap.add_argument("--progress_bar", action="store_true", help="keep the bundles' per-iteration progress bars")
     ap.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE",
         help="bundle override, repeatable, given to every bundle that declares KEY (e.g. --override hidden_size=96 "
-        "for all three, --override out_channels=5 for the UNETR)",
+        "for all three, --override steps_per_epoch=50 for MAE and AMLP, --override out_channels=5 for the UNETR)",
     )  # fmt: skip
     return ap
 
@@ -439,11 +576,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     except ValueError as err:
         ap.error(str(err))
     rows = run_study(
-        args.seeds, args.pretrain_epochs, args.finetune_epochs, args.demo_set, args.datalist, args.output_dir,
-        overrides=overrides, size_thresholds=args.size_thresholds, iou_threshold=args.iou_threshold,
+        args.seeds, args.labels, args.pretrain_epochs, args.finetune_steps, args.finetune_validations,
+        args.finetune_warmup, args.pretrain_demo_set, args.pretrain_datalist, args.finetune_demo_set,
+        args.finetune_datalist, args.output_dir, overrides=overrides, size_thresholds=args.size_thresholds,
+        iou_threshold=args.iou_threshold, saturation_tolerance=args.saturation_tolerance,
         command=command_line("maskseg_monai.experiments.study", argv), progress_bar=args.progress_bar,
     )  # fmt: skip
-    print(markdown_table(summarize_runs(rows, SUMMARY_COLUMNS, "arm", ARMS)))
+    print(markdown_table(_by_k(rows, GAIN_COLUMNS)))
     print(f"results in {Path(args.output_dir).resolve()}")
     return rows
 

@@ -237,7 +237,8 @@ def load_pretrained_encoder(
 
     Returns:
         a :class:`TransferReport`, also logged to the ``maskseg_monai.transfer`` logger (``WARNING`` when
-        tensors were dropped or kept their initial values, else ``INFO``).
+        tensors were dropped or kept their initial values, else ``INFO``), the record carrying the report as
+        ``record.transfer_report``.
 
     Raises:
         FileNotFoundError: when the file does not exist.
@@ -326,10 +327,9 @@ def load_pretrained_encoder(
     encoder.load_state_dict(new_state, strict=False)
     if optional_missing:
         logger.debug("%s: %d unused norm_cross_attn tensors keep their init.", source, len(optional_missing))
-    if report.unexpected or report.shape_mismatch:
-        logger.warning("%s", report)
-    else:
-        logger.info("%s", report)
+    # the report itself rides on the record (``record.transfer_report``), for callers that collect the loads
+    level = logging.WARNING if report.unexpected or report.shape_mismatch else logging.INFO
+    logger.log(level, "%s", report, extra={"transfer_report": report})
     return report
 
 

@@ -1,8 +1,10 @@
-"""The pretraining study: a tiny real run through the command line, and the checks made before any training."""
+"""The label-efficiency study: a tiny real run through the command line, its tables, and the checks made before
+any training."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from maskseg_monai.experiments import bundle_config_file, read_bundle, study, su
 TINY = {
     "hidden_size": 48, "mlp_dim": 96, "num_layers": 4, "num_heads": 4,
     "decoder_hidden_size": 48, "decoder_mlp_dim": 96, "decoder_num_layers": 1, "decoder_num_heads": 4,
-    "feature_size": 8, "out_channels": 5,
+    "feature_size": 8, "batch_size": 4, "steps_per_epoch": 2,
 }  # fmt: skip
 TINY_ARGS = [arg for k, v in TINY.items() for arg in ("--override", f"{k}={v}")]
 BUNDLES = ("mae", "amlp", "unetr_seg")
@@ -22,8 +24,8 @@ BUNDLES = ("mae", "amlp", "unetr_seg")
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("study")
-    argv = ["--seeds", "0", "--pretrain_epochs", "1", "--finetune_epochs", "1", "--demo_set", "bloodsmear2d",
-            "--output_dir", str(out), *TINY_ARGS]  # fmt: skip
+    argv = ["--seeds", "0", "--labels", "4", "2", "--pretrain_epochs", "1", "--finetune_steps", "4",
+            "--finetune_validations", "2", "--output_dir", str(out), *TINY_ARGS]  # fmt: skip
     return out, study.main(argv)
 
 
@@ -32,43 +34,79 @@ def test_tiny_study_writes_results(tiny_study):
     out, rows = tiny_study
     with open(out / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert [(r["arm"], r["seed"]) for r in table] == [("scratch", "0"), ("mae", "0"), ("amlp", "0")]
+    assert [(r["arm"], r["k"], r["seed"]) for r in table] == [
+        (arm, k, "0") for k in ("2", "4") for arm in ("scratch", "mae", "amlp")
+    ]
     columns = list(table[0])
-    assert columns[:13] == [
-        "arm", "seed", "pretrain_epochs", "finetune_epochs", "steps", "train_loss", "train_seconds",
-        "pretrain_seconds", "dice", "dice_small", "f1", "precision", "recall",
+    assert columns[:22] == [
+        "arm", "k", "seed", "pretrain_epochs", "steps", "train_loss", "train_seconds", "pretrain_seconds",
+        "dice", "dice_small", "f1", "precision", "recall", "encoder_loaded", "encoder_tensors", "encoder_missing",
+        "encoder_unexpected", "val_dice_mid", "val_dice_last", "train_loss_mid", "train_loss_last", "val_dice_curve",
     ]  # fmt: skip
-    assert {"dice_lt16", "dice_16to64", "dice_ge64", "dice_platelet", "f1_red_cell"} <= set(columns)
+    assert {"dice_lt16", "dice_16to64", "dice_ge64", "f1_nucleus"} <= set(columns)
     for r in table:
-        assert r["steps"] == "4" and r["finetune_epochs"] == "1"  # 32 training scenes, batch 8
-        assert all(math.isfinite(float(r[c])) for c in ("train_loss", "dice", "dice_small", "f1")), r
+        assert r["steps"] == "4"  # the same steps with 2 and 4 labelled tiles
+        assert all(math.isfinite(float(r[c])) for c in ("train_loss", "dice", "f1", "val_dice_mid", "val_dice_last"))
         assert 0 <= float(r["dice"]) <= 1 and float(r["dice_small"]) == float(r["dice_lt16"])
-    assert [r["pretrain_epochs"] for r in table] == ["0", "1", "1"]
+        assert [s.split(":")[0] for s in r["val_dice_curve"].split()] == ["2", "4"]  # validated at mid and end
+        # the bundle's validation Dice at the end is of the same final network the study scores
+        assert float(r["val_dice_last"]) == pytest.approx(float(r["dice"]), abs=0.02)
+        loaded, tensors = int(r["encoder_loaded"]), int(r["encoder_tensors"])
+        assert r["encoder_missing"] == r["encoder_unexpected"] == "0"
+        assert (loaded, tensors) == (0, 0) if r["arm"] == "scratch" else loaded == tensors > 0
+    assert [r["pretrain_epochs"] for r in table[:3]] == ["0", "1", "1"]
     assert rows[0]["dice"] == pytest.approx(float(table[0]["dice"]), rel=1e-4)
-    # each pretrained arm fine-tuned from its own bundle's encoder
+
+    # nested labelled subsets of the same seed, shared by the three arms
+    subsets = {k: json.loads((out / "datalists" / f"k{k}_seed0.json").read_text()) for k in (2, 4)}
+    assert len(subsets[2]["training"]) == 2 and len(subsets[4]["training"]) == 4
+    assert set(subsets[2]["training_indices"]) <= set(subsets[4]["training_indices"])
+    assert len(subsets[2]["validation"]) == 16
     for b in ("mae", "amlp"):
         assert (out / "runs" / f"{b}_seed0" / "models" / "encoder.pt").is_file()
     for arm in study.ARMS:
-        assert (out / "runs" / f"unetr_{arm}_seed0" / "models" / "model_final.pt").is_file()
+        assert (out / "runs" / f"unetr_{arm}_k2_seed0" / "models" / "model_final.pt").is_file()
 
     md = (out / "results.md").read_text()
-    assert md.splitlines()[3].startswith("python -m maskseg_monai.experiments.study --seeds 0 --pretrain_epochs 1")
-    assert "Partial results" not in md and "| scratch | 1 |" in md and "| amlp | 1 |" in md
-    assert "`hidden_size=48`" in md and "`out_channels=5`" in md
+    assert md.splitlines()[3].startswith("python -m maskseg_monai.experiments.study --seeds 0 --labels 4 2")
+    assert "Partial results" not in md and "| 2 | scratch | 1 |" in md and "| 4 | amlp | 1 |" in md
+    gains = md.split("## Gain over scratch")[1].split("##")[0]
+    assert "| 2 | mae | 1 |" in gains and "scratch" not in gains.split("|---")[1]
+    saturation = md.split("## Is scratch saturated?")[1].split("##")[0]
+    assert saturation.count("| 2 | 1 |") == 1 and saturation.count("| 4 | 1 |") == 1
+    assert "4 fine-tuning(s) of the pretrained arms loaded" in md and "0 missing, 0 unexpected keys" in md
+    assert "`hidden_size=48`" in md and "4 optimizer steps of batch 4 for every k" in md
     png = out / "study.png"
     assert png.is_file() and png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert not list(out.glob(".tmp-*"))
 
 
-def test_summarize_runs_mean_and_spread():
+def _row(arm, k, seed, dice, mid=0.0, last=0.0, loss_mid=1.0, loss_last=0.5):
+    curve = {"val_dice_mid": mid, "val_dice_last": last, "train_loss_mid": loss_mid, "train_loss_last": loss_last}
+    return {"arm": arm, "k": k, "seed": seed, "dice": dice, "dice_small": dice / 2, "f1": dice / 4, **curve}
+
+
+def test_gains_are_paired_by_k_and_seed():
+    # amlp at k=4 has no scratch partner
+    rows = [_row("scratch", 2, 0, 0.5), _row("mae", 2, 0, 0.6), _row("scratch", 2, 1, 0.3), _row("mae", 2, 1, 0.5),
+            _row("amlp", 4, 0, 0.9)]  # fmt: skip
+    gains = study.gains_over_scratch(rows)
+    assert [(g["arm"], g["k"], g["seed"]) for g in gains] == [("mae", 2, 0), ("mae", 2, 1)]
+    assert [round(g["dice"], 6) for g in gains] == [0.1, 0.2] and round(gains[1]["f1"], 6) == 0.05
+    assert summarize_runs(gains, ["dice"], "arm")[0]["dice"] == "0.150 ± 0.071"
+
+
+def test_saturation_check_per_k():
     rows = [
-        {"arm": "mae", "seed": 0, "dice": 0.5}, {"arm": "scratch", "seed": 0, "dice": 0.2},
-        {"arm": "mae", "seed": 1, "dice": 0.7}, {"arm": "scratch", "seed": 1, "dice": float("nan")},
+        _row("scratch", 2, 0, 0.5, mid=0.40, last=0.50), _row("scratch", 2, 1, 0.5, mid=0.42, last=0.48),
+        _row("scratch", 8, 0, 0.8, mid=0.795, last=0.80, loss_mid=0.4, loss_last=0.41),
+        _row("mae", 8, 0, 0.9, mid=0.1, last=0.9),  # other arms are not read
     ]  # fmt: skip
-    table = summarize_runs(rows, ["dice"], "arm", study.ARMS)
-    assert [r["arm"] for r in table] == ["scratch", "mae"]  # ARMS order
-    assert table[0] == {"arm": "scratch", "runs": 2, "dice": "0.200"}  # NaN left out, one value: no spread
-    assert table[1]["dice"] == "0.600 ± 0.141"
+    table = study.saturation_check(rows, tolerance=0.01)
+    assert [(r["k"], r["runs"], r["verdict"], r["loss_falling"]) for r in table] == [
+        (2, 2, "rising", "yes"), (8, 1, "saturated", "no"),
+    ]  # fmt: skip
+    assert table[0]["val_dice_rise"] == "0.080 ± 0.028" and table[1]["val_dice_mid"] == "0.795"
 
 
 def test_split_overrides_and_encoder_check():
@@ -89,7 +127,13 @@ def test_split_overrides_and_encoder_check():
     "argv, match",
     [
         (["--seeds", "0", "0"], "distinct seeds"),
-        (["--finetune_epochs", "0"], "at least 1"),
+        (["--labels", "2", "2"], "distinct labelled-set sizes"),
+        (["--labels", "0", "2"], "distinct labelled-set sizes"),
+        (["--labels", "2", "49"], "more than the 48 training items"),
+        (["--pretrain_epochs", "0"], "at least 1"),
+        (["--finetune_steps", "6"], "multiple of --finetune_validations"),
+        (["--finetune_validations", "3"], "even number"),
+        (["--finetune_warmup", "1.5"], "fraction"),
         (["--override", "hiden_size=48"], "declared by none"),
     ],
 )
@@ -99,7 +143,20 @@ def test_ill_arguments_fail_before_training(tmp_path, argv, match):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("override", ["pretrained_encoder=x.pt", "seed=3", "epochs=2"])
-def test_reserved_override_is_a_usage_error(tmp_path, override):
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--override", "pretrained_encoder=x.pt"], ["--override", "seed=3"], ["--override", "epochs=2"],
+        ["--override", "warmup_epochs=1"], ["--override", "datalist=x.json"],
+        ["--pretrain_demo_set", "unlabelled2d", "--pretrain_datalist", "x.json"],
+        ["--finetune_demo_set", "bloodsmear2d", "--finetune_datalist", "x.json"],
+    ],
+)  # fmt: skip
+def test_usage_errors(tmp_path, argv):
     with pytest.raises(SystemExit):
-        study.main(["--override", override, "--output_dir", str(tmp_path)])
+        study.main([*argv, "--output_dir", str(tmp_path)])
+
+
+def test_missing_datalist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--finetune_datalist .*missing.json does not exist"):
+        study.main(["--finetune_datalist", str(tmp_path / "missing.json"), "--output_dir", str(tmp_path)])
