@@ -1,17 +1,20 @@
-"""Experiment commands over the bundles (``python -m maskseg_monai.experiments.{sweep,ablation,study}``) and
+"""Experiment commands over the bundles (``python -m maskseg_monai.experiments.{sweep,ablation,study,probe}``) and
 the shared runner, validation, evaluation, report and command-line pieces."""
 
 from maskseg_monai.experiments.cli import (
     COMMON_RESERVED_KEYS,
     DEFAULT_SEEDS,
     add_common_arguments,
+    add_multi_bundle_arguments,
     add_seed_arguments,
+    add_segmentation_arguments,
     add_small_object_arguments,
     check_run_inputs,
     check_seeds,
     command_line,
     parse_command,
     parse_override,
+    parse_overrides,
 )
 from maskseg_monai.experiments.evaluate import (
     BASELINE_METRICS,
@@ -30,6 +33,7 @@ from maskseg_monai.experiments.evaluate import (
     describe_small_region,
     evaluate_cell,
     fit_cell_baselines,
+    score_label_maps,
 )
 from maskseg_monai.experiments.report import (
     LEARNED_COLUMN,
@@ -41,6 +45,7 @@ from maskseg_monai.experiments.report import (
     load_pyplot,
     markdown_table,
     mean_std,
+    paired_gains,
     run_settings,
     save_figure,
     summarize_runs,
@@ -51,6 +56,7 @@ from maskseg_monai.experiments.runner import (
     DEFAULT_DEMO_SET,
     Cell,
     bundle_config_file,
+    bundle_config_files,
     prepare_data,
     probe_cells,
     read_bundle,
@@ -58,7 +64,14 @@ from maskseg_monai.experiments.runner import (
     run_overrides,
     train_cell,
 )
-from maskseg_monai.experiments.validation import ValidationSet, iter_batches, load_validation, validation_set
+from maskseg_monai.experiments.validation import (
+    ValidationSet,
+    iter_batches,
+    labelled_set,
+    load_items,
+    load_validation,
+    validation_set,
+)
 
 __all__ = [
     "BASELINE_METRICS",
@@ -79,11 +92,14 @@ __all__ = [
     "SCORED_REGIONS",
     "ValidationSet",
     "add_common_arguments",
+    "add_multi_bundle_arguments",
     "add_seed_arguments",
+    "add_segmentation_arguments",
     "add_small_object_arguments",
     "baseline_columns",
     "baseline_sections",
     "bundle_config_file",
+    "bundle_config_files",
     "check_run_inputs",
     "check_seeds",
     "check_small_region",
@@ -96,12 +112,16 @@ __all__ = [
     "group_runs",
     "is_learned",
     "iter_batches",
+    "labelled_set",
+    "load_items",
     "load_pyplot",
     "load_validation",
     "markdown_table",
     "mean_std",
+    "paired_gains",
     "parse_command",
     "parse_override",
+    "parse_overrides",
     "prepare_data",
     "probe_cells",
     "read_bundle",
@@ -109,6 +129,7 @@ __all__ = [
     "run_overrides",
     "run_settings",
     "save_figure",
+    "score_label_maps",
     "summarize_runs",
     "train_cell",
     "validation_set",

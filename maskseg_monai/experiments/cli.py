@@ -13,6 +13,7 @@ from typing import Any
 
 from maskseg_monai.experiments.evaluate import DEFAULT_SMALL_AREA, DEFAULT_SMALL_DILATION
 from maskseg_monai.experiments.runner import DEFAULT_DEMO_SET
+from maskseg_monai.metrics.segmentation import SIZE_THRESHOLDS
 
 __all__ = [
     "parse_override",
@@ -20,6 +21,9 @@ __all__ = [
     "add_common_arguments",
     "add_seed_arguments",
     "add_small_object_arguments",
+    "add_segmentation_arguments",
+    "add_multi_bundle_arguments",
+    "parse_overrides",
     "check_seeds",
     "parse_command",
     "command_line",
@@ -152,6 +156,43 @@ def add_common_arguments(ap: argparse.ArgumentParser, default_output_dir: str, b
     )  # fmt: skip
 
 
+def add_segmentation_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of a segmentation evaluation: ``--size_thresholds`` and ``--iou_threshold``."""
+    ap.add_argument(
+        "--size_thresholds", type=int, nargs="+", default=list(SIZE_THRESHOLDS),
+        help="object-size bucket edges in pixels/voxels; the first bucket is 'small' (default 16 64)",
+    )  # fmt: skip
+    ap.add_argument("--iou_threshold", type=float, default=0.5, help="IoU of a detection match (default 0.5)")
+
+
+def add_multi_bundle_arguments(ap: argparse.ArgumentParser, default_output_dir: str, example: str) -> None:
+    """The options of a command that runs several bundles: ``--output_dir``, ``--progress_bar`` and ``--override``
+    (each given to every bundle that declares its key).
+
+    Args:
+        ap: the command's parser.
+        default_output_dir: the default ``--output_dir``.
+        example: the examples that end the ``--override`` help, e.g. ``"--override hidden_size=96 for all"``.
+    """
+    ap.add_argument("--output_dir", default=default_output_dir, help=f"default {default_output_dir}")
+    ap.add_argument("--progress_bar", action="store_true", help="keep the bundles' per-iteration progress bars")
+    ap.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE",
+        help=f"bundle override, repeatable, given to every bundle that declares KEY (e.g. {example})",
+    )  # fmt: skip
+
+
+def parse_overrides(
+    ap: argparse.ArgumentParser, texts: Sequence[str], reserved: Mapping[str, str], tool: str
+) -> dict[str, Any]:
+    """The ``--override`` values as ``key -> value`` (:func:`parse_override`); a malformed or reserved one ends
+    the program with ``ap.error``."""
+    try:
+        return dict(parse_override(v, reserved, tool) for v in texts)
+    except ValueError as err:
+        ap.error(str(err))
+
+
 def parse_command(
     ap: argparse.ArgumentParser, argv: Sequence[str] | None, module: str, reserved: Mapping[str, str], tool: str
 ) -> tuple[argparse.Namespace, dict[str, Any]]:
@@ -174,10 +215,7 @@ def parse_command(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
-    try:
-        overrides = dict(parse_override(v, reserved, tool) for v in args.override)
-    except ValueError as err:
-        ap.error(str(err))
+    overrides = parse_overrides(ap, args.override, reserved, tool)
     common = {k: getattr(args, k) for k in ("epochs", "demo_set", "datalist", "output_dir", "config_file")}
     common.update(overrides=overrides, command=command_line(module, argv), progress_bar=args.progress_bar)
     return args, common

@@ -3,18 +3,26 @@ fills that need no learning (``shared/methods/baselines.md``) on the same masks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
+from monai.networks.utils import one_hot
 
 from maskseg_monai.data.sampling import sample_crops
 from maskseg_monai.experiments.validation import iter_batches
 from maskseg_monai.inferers import SeededMaskInferer
 from maskseg_monai.metrics.baselines import DEFAULT_SIGMAS, SUPPORTED_FILLS, baseline_fill, fit_baselines
 from maskseg_monai.metrics.reconstruction import reconstruct_image, reconstruction_metrics, region_psnr
-from maskseg_monai.metrics.segmentation import small_object_mask
+from maskseg_monai.metrics.segmentation import (
+    SIZE_THRESHOLDS,
+    evaluate_segmentation,
+    size_bucket_names,
+    small_object_mask,
+    summarize_metrics,
+)
 
 __all__ = [
     "DEFAULT_SMALL_AREA",
@@ -33,6 +41,7 @@ __all__ = [
     "describe_baselines",
     "fit_cell_baselines",
     "evaluate_cell",
+    "score_label_maps",
 ]
 
 #: small-object threshold in pixels (2D) / voxels (3D): per-class connected components of fewer pixels are small.
@@ -247,3 +256,52 @@ def evaluate_cell(
             result[gain] = result[metric] - result[fill]
     result["gaussian_sigma"] = float(baselines["sigma"])
     return result
+
+
+def score_label_maps(
+    preds: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    size_thresholds: Sequence[int] = SIZE_THRESHOLDS,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """Segmentation scores of predicted label maps, averaged over images, with ``dice_small`` added.
+
+    Each pair is one-hot encoded (MONAI's :func:`~monai.networks.utils.one_hot`) and scored by
+    :func:`~maskseg_monai.metrics.evaluate_segmentation` (background excluded); :func:`summarize_metrics` averages
+    over images. Images may differ in size.
+
+    Args:
+        preds: predicted label maps ``[1, *spatial]`` (integers ``0 .. num_classes - 1``), one per image.
+        labels: ground-truth label maps ``[1, *spatial]``, paired with ``preds``.
+        num_classes: number of classes, background included.
+        class_names: one name per class for the per-class columns. Defaults to the class indices.
+        size_thresholds: object-size bucket edges in pixels/voxels; the first bucket is "small".
+        iou_threshold: IoU of a detection match.
+
+    Returns:
+        ``dice``, ``dice_<bucket>``, ``f1``, ``precision``, ``recall``, the per-class keys and ``n_*`` counts of
+        :func:`evaluate_segmentation`, plus ``dice_small``: the Dice of the smallest size bucket.
+
+    Raises:
+        ValueError: when ``preds`` is empty or does not pair with ``labels``.
+
+    Example:
+        >>> y = torch.zeros(1, 8, 8, dtype=torch.long); y[:, 1:3, 1:3] = 1
+        >>> m = score_label_maps([y], [y], 2)
+        >>> m["dice"], m["dice_small"], m["f1"]
+        (1.0, 1.0, 1.0)
+    """
+    if not preds or len(preds) != len(labels):
+        raise ValueError(f"expected one label map per prediction, got {len(preds)} predictions, {len(labels)} labels.")
+    rows: list[dict[str, float]] = []
+    for pred, label in zip(preds, labels):
+        rows += evaluate_segmentation(
+            one_hot(torch.as_tensor(pred)[None].long(), num_classes),
+            one_hot(torch.as_tensor(label)[None].long(), num_classes),
+            class_names=class_names, size_thresholds=size_thresholds, iou_threshold=iou_threshold,
+        )  # fmt: skip
+    summary = summarize_metrics(rows)
+    summary["dice_small"] = summary.get(f"dice_{size_bucket_names(size_thresholds)[0]}", math.nan)
+    return summary

@@ -21,15 +21,10 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.handlers import MetricLogger
-from monai.networks.utils import one_hot
 
 from maskseg_monai.data import datalist_labels, load_datalist
-from maskseg_monai.metrics.segmentation import (
-    SIZE_THRESHOLDS,
-    evaluate_segmentation,
-    size_bucket_names,
-    summarize_metrics,
-)
+from maskseg_monai.experiments.evaluate import score_label_maps
+from maskseg_monai.metrics.segmentation import SIZE_THRESHOLDS
 from maskseg_monai.networks.transfer import TransferReport
 from maskseg_monai.networks.transfer import logger as transfer_logger
 from maskseg_monai.utils import atomic_write
@@ -315,10 +310,10 @@ def evaluate_unetr(
     size_thresholds: Sequence[int] = SIZE_THRESHOLDS,
     iou_threshold: float = 0.5,
 ) -> dict[str, float]:
-    """Segment the bundle's validation split and score it with :func:`evaluate_segmentation`.
+    """Segment the bundle's validation split and score it with :func:`~maskseg_monai.experiments.score_label_maps`.
 
     Each item goes through ``validate#preprocessing`` (image and label), the bundle's ``inferer`` (sliding
-    window) and an argmax; Dice and detection are averaged over images (:func:`summarize_metrics`). Class names
+    window) and an argmax; Dice and detection are averaged over images. Class names
     come from the datalist's ``"labels"`` when it names every channel, else the channel indices.
 
     Args:
@@ -343,16 +338,10 @@ def evaluate_unetr(
     labels: Mapping[str, Any] = datalist_labels(parser.get_parsed_content("datalist"))
     names = [str(labels.get(str(c), c)) for c in range(out_channels)]
     network.eval()
-    rows: list[dict[str, float]] = []
+    preds, targets = [], []
     for item in items:
         data = preprocessing(dict(item))
         x = torch.as_tensor(data["image"])[None].float().to(device)  # [1, C, *spatial]
-        y = torch.as_tensor(data["label"])[None].long()  # [1, 1, *spatial]
-        pred = inferer(x, network).argmax(1, keepdim=True).cpu()  # [1, 1, *spatial]
-        rows += evaluate_segmentation(
-            one_hot(pred, out_channels), one_hot(y, out_channels), class_names=names,
-            size_thresholds=size_thresholds, iou_threshold=iou_threshold,
-        )  # fmt: skip
-    summary = summarize_metrics(rows)
-    summary["dice_small"] = summary.get(f"dice_{size_bucket_names(size_thresholds)[0]}", math.nan)
-    return summary
+        targets.append(torch.as_tensor(data["label"]).long())  # [1, *spatial]
+        preds.append(inferer(x, network).argmax(1).cpu())  # [1, *spatial]
+    return score_label_maps(preds, targets, out_channels, names, size_thresholds, iou_threshold)

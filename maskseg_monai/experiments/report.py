@@ -22,6 +22,7 @@ __all__ = [
     "mean_std",
     "group_runs",
     "summarize_runs",
+    "paired_gains",
     "is_learned",
     "baseline_sections",
     "load_pyplot",
@@ -110,14 +111,14 @@ _SCORE_PREFIXES = ("dice", "f1", "precision", "recall", "val_dice")
 
 
 def format_value(value: Any, column: str) -> str:
-    """A results value as text: PSNR-like values with 2 decimals, SSIM and training losses with 4, rates and scores
-    in [0, 1] (Dice, F1, precision, recall) with 3."""
+    """A results value as text: PSNR-like values with 2 decimals, SSIM and losses (``train_loss*``, ``*_loss``) with
+    4, rates and scores in [0, 1] (Dice, F1, precision, recall) with 3."""
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
         if column == "mask_ratio":
             return f"{value:g}"
-        if column.startswith(("ssim", "train_loss")):
+        if column.startswith(("ssim", "train_loss")) or column.endswith("_loss"):
             return f"{value:.4f}"
         if column.endswith(("_rate", "_precision", "_recall")) or column.startswith(_SCORE_PREFIXES):
             return f"{value:.3f}"
@@ -197,6 +198,41 @@ def summarize_runs(
             row[c] = text if math.isnan(std) else f"{text} ± {format_value(std, c)}"
         table.append(row)
     return table
+
+
+def paired_gains(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    reference: Any,
+    pair: Sequence[str],
+    group: str = "arm",
+) -> list[dict[str, Any]]:
+    """Paired differences of each run from the run of the ``reference`` group that shares its ``pair`` values (the
+    same seed, and e.g. the same ``k`` or patch size).
+
+    Args:
+        rows: one row per run, each with ``group``, the ``pair`` keys and the ``columns``.
+        columns: the scores to compare.
+        reference: the group the others are compared with, e.g. ``"scratch"``.
+        pair: the keys whose values pair two runs, e.g. ``("k", "seed")``.
+        group: the key that names a run's group. Defaults to ``"arm"``.
+
+    Returns:
+        one row per run outside ``reference`` that has a partner: ``group``, the ``pair`` keys, then
+        ``run[c] - partner[c]`` per column.
+
+    Example:
+        >>> rows = [{"arm": "random", "seed": 0, "dice": 0.5}, {"arm": "mae", "seed": 0, "dice": 0.6}]
+        >>> [(g["arm"], round(g["dice"], 3)) for g in paired_gains(rows, ["dice"], "random", ["seed"])]
+        [('mae', 0.1)]
+    """
+    key = lambda r: tuple(r[k] for k in pair)  # noqa: E731
+    partners = {key(r): r for r in rows if r[group] == reference}
+    return [
+        {group: r[group], **{k: r[k] for k in pair}} | {c: float(r[c]) - float(partners[key(r)][c]) for c in columns}
+        for r in rows
+        if r[group] != reference and key(r) in partners
+    ]
 
 
 #: a cell is *learned* when it beats the visible-mean fill by at least this much (dB) for every seed

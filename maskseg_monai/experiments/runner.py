@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_DEMO_SET",
     "Cell",
     "bundle_config_file",
+    "bundle_config_files",
     "read_bundle",
     "run_overrides",
     "probe_cells",
@@ -68,6 +69,20 @@ def bundle_config_file(bundle: str) -> Path:
             f"checkout); pass --config_file path/to/bundles/{bundle}/configs/train.json."
         )
     return path
+
+
+def bundle_config_files(
+    bundles: Sequence[str], config_files: Mapping[str, str | Path] | None = None
+) -> dict[str, Path]:
+    """Bundle name -> its ``train.json``: the one given in ``config_files``, else :func:`bundle_config_file`.
+
+    Raises:
+        FileNotFoundError: as :func:`bundle_config_file`, for a bundle not in ``config_files``.
+    """
+    given = dict(config_files or {})
+    files = {b: Path(given[b]) if b in given else bundle_config_file(b) for b in bundles}
+    files.update({b: Path(f) for b, f in given.items()})
+    return files
 
 
 def read_bundle(config_file: str | Path, overrides: Mapping[str, Any] | None = None) -> ConfigParser:

@@ -45,7 +45,15 @@ import torch
 from monai.bundle import ConfigParser
 
 from maskseg_monai.data import ensure_demo_datalist, load_datalist
-from maskseg_monai.experiments.cli import COMMON_RESERVED_KEYS, check_run_inputs, command_line, parse_override
+from maskseg_monai.experiments.cli import (
+    COMMON_RESERVED_KEYS,
+    add_multi_bundle_arguments,
+    add_segmentation_arguments,
+    check_run_inputs,
+    check_seeds,
+    command_line,
+    parse_overrides,
+)
 from maskseg_monai.experiments.finetune import (
     FinetuneMonitor,
     evaluate_unetr,
@@ -58,6 +66,7 @@ from maskseg_monai.experiments.report import (
     load_pyplot,
     markdown_table,
     mean_std,
+    paired_gains,
     save_figure,
     summarize_runs,
     write_csv,
@@ -65,7 +74,7 @@ from maskseg_monai.experiments.report import (
 )
 from maskseg_monai.experiments.runner import (
     Cell,
-    bundle_config_file,
+    bundle_config_files,
     prepare_data,
     probe_cells,
     read_bundle,
@@ -188,13 +197,7 @@ def gains_over_scratch(
         >>> [(g["arm"], round(g["dice"], 3)) for g in gains_over_scratch(rows, ["dice"])]
         [('mae', 0.1)]
     """
-    scratch = {(r["k"], r["seed"]): r for r in rows if r["arm"] == "scratch"}
-    return [
-        {"arm": r["arm"], "k": r["k"], "seed": r["seed"]}
-        | {c: float(r[c]) - float(scratch[r["k"], r["seed"]][c]) for c in columns}
-        for r in rows
-        if r["arm"] != "scratch" and (r["k"], r["seed"]) in scratch
-    ]
+    return paired_gains(rows, columns, "scratch", ("k", "seed"))
 
 
 def saturation_check(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.01) -> list[dict[str, Any]]:
@@ -344,8 +347,7 @@ def run_study(
         RuntimeError: when a pretrained arm's encoder does not load whole, or a fine-tuning ran another number of
             steps than ``finetune_steps``.
     """
-    files = {b: Path(bundle_config_file(b)) for b in (*PRETRAIN_BUNDLES, "unetr_seg") if b not in (config_files or {})}
-    files.update({b: Path(f) for b, f in (config_files or {}).items()})
+    files = bundle_config_files((*PRETRAIN_BUNDLES, "unetr_seg"), config_files)
     extra = dict(overrides or {})
     if pretrain_epochs is not None and pretrain_epochs < 1:
         raise ValueError(f"--pretrain_epochs must be at least 1, got {pretrain_epochs}.")
@@ -355,9 +357,7 @@ def run_study(
             raise FileNotFoundError(f"{option} {datalist} does not exist.")
     for f in files.values():
         check_run_inputs(f, None, pretrain_epochs or 1, extra, RESERVED_KEYS, "the study")
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds must list one or more distinct seeds, got {seeds}.")
+    seeds = check_seeds(seeds)
     nested_subsets(max(labels, default=1), labels, 0)  # the sizes themselves; their range once the data is here
     output_dir = Path(output_dir).resolve()
     data_dir = output_dir / "demo_data"
@@ -547,21 +547,14 @@ def _parser() -> argparse.ArgumentParser:
     fine.add_argument(
         "--finetune_datalist", default=None, help="a labelled MONAI datalist JSON to fine-tune and evaluate on"
     )
-    ap.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default {DEFAULT_OUTPUT_DIR}")
-    ap.add_argument(
-        "--size_thresholds", type=int, nargs="+", default=list(SIZE_THRESHOLDS),
-        help="object-size bucket edges in pixels/voxels; the first bucket is 'small' (default 16 64)",
-    )  # fmt: skip
-    ap.add_argument("--iou_threshold", type=float, default=0.5, help="IoU of a detection match (default 0.5)")
+    add_segmentation_arguments(ap)
     ap.add_argument(
         "--saturation_tolerance", type=float, default=0.01,
         help="least rise of scratch's validation Dice from mid to end that counts as still rising (default 0.01)",
     )  # fmt: skip
-    ap.add_argument("--progress_bar", action="store_true", help="keep the bundles' per-iteration progress bars")
-    ap.add_argument(
-        "--override", action="append", default=[], metavar="KEY=VALUE",
-        help="bundle override, repeatable, given to every bundle that declares KEY (e.g. --override hidden_size=96 "
-        "for all three, --override steps_per_epoch=50 for MAE and AMLP, --override out_channels=5 for the UNETR)",
+    add_multi_bundle_arguments(
+        ap, DEFAULT_OUTPUT_DIR, "--override hidden_size=96 for all three, --override steps_per_epoch=50 for MAE and "
+        "AMLP, --override out_channels=5 for the UNETR",
     )  # fmt: skip
     return ap
 
@@ -571,10 +564,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = _parser()
     args = ap.parse_args(argv)
-    try:
-        overrides = dict(parse_override(v, RESERVED_KEYS, "the study") for v in args.override)
-    except ValueError as err:
-        ap.error(str(err))
+    overrides = parse_overrides(ap, args.override, RESERVED_KEYS, "the study")
     rows = run_study(
         args.seeds, args.labels, args.pretrain_epochs, args.finetune_steps, args.finetune_validations,
         args.finetune_warmup, args.pretrain_demo_set, args.pretrain_datalist, args.finetune_demo_set,

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-__all__ = ["ValidationSet", "load_validation", "validation_set", "iter_batches"]
+__all__ = ["ValidationSet", "load_items", "load_validation", "labelled_set", "validation_set", "iter_batches"]
 
 
 @dataclass
@@ -54,32 +54,32 @@ def _class_names(datalist_file: str | Path, found: Sequence[int]) -> dict[int, s
     return {k: re.sub(r"[^0-9a-z]+", "_", v.lower()).strip("_") or f"class_{k}" for k, v in sorted(names.items())}
 
 
-def load_validation(workflow: ConfigWorkflow) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, str]:
-    """Validation images and labels, preprocessed as the bundle's ``validate#preprocessing`` does.
+def load_items(
+    parser: ConfigParser, items: Sequence[Mapping[str, Any]]
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Datalist items preprocessed as the bundle's ``validate#preprocessing`` does (deterministic, no augmentation).
 
     Images go through ``validate#preprocessing`` itself. Labels go through the same pipeline without its
     intensity transforms (``monai.transforms.intensity``), so that they receive the same loading, padding and
     cropping.
 
     Args:
-        workflow: a parsed :class:`ConfigWorkflow` of the bundle.
+        parser: the bundle's parsed config.
+        items: datalist items ``{"image": path, "label": path, ...}``, e.g. ``validate#datalist``.
 
     Returns:
-        images ``[C, *spatial]``, labels ``[1, *spatial]`` (``None`` when some validation item has no ``"label"``)
-        and the datalist path.
+        images ``[C, *spatial]`` and labels ``[1, *spatial]`` (``None`` when some item has no ``"label"``).
 
     Raises:
         ValueError: when a label stops being integer-valued (an interpolating transform in the pipeline) or
             no longer matches its image's shape.
     """
-    parser = workflow.parser
-    items = parser.get_parsed_content("validate#datalist")
     preprocessing = parser.get_parsed_content("validate#preprocessing")
     transforms = preprocessing.transforms if isinstance(preprocessing, Compose) else [preprocessing]
     label_pipeline = Compose([t for t in transforms if not _is_intensity_transform(t)])
     images = [_plain(preprocessing({"image": item["image"]})["image"]).float() for item in items]
     if not items or any("label" not in item for item in items):
-        return images, None, parser.get_parsed_content("datalist")
+        return images, None
     labels = []
     for item, image in zip(items, images):
         label = _plain(label_pipeline({"image": item["label"]})["image"]).float()
@@ -94,16 +94,40 @@ def load_validation(workflow: ConfigWorkflow) -> tuple[list[torch.Tensor], list[
                 "the evaluation needs label-safe spatial transforms (pad, crop, flip, nearest resampling)."
             )
         labels.append(label)
+    return images, labels
+
+
+def load_validation(workflow: ConfigWorkflow) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, str]:
+    """The validation split (``validate#datalist``) preprocessed by :func:`load_items`.
+
+    Args:
+        workflow: a parsed :class:`ConfigWorkflow` of the bundle.
+
+    Returns:
+        images ``[C, *spatial]``, labels ``[1, *spatial]`` (``None`` when some validation item has no ``"label"``)
+        and the datalist path.
+
+    Raises:
+        ValueError: as :func:`load_items`.
+    """
+    parser = workflow.parser
+    images, labels = load_items(parser, parser.get_parsed_content("validate#datalist"))
     return images, labels, parser.get_parsed_content("datalist")
 
 
-def validation_set(workflow: ConfigWorkflow) -> ValidationSet:
-    """:func:`load_validation` plus the names of the classes found in the labels."""
-    images, labels, datalist_file = load_validation(workflow)
+def labelled_set(
+    images: list[torch.Tensor], labels: list[torch.Tensor] | None, datalist_file: str | Path
+) -> ValidationSet:
+    """A :class:`ValidationSet` of preprocessed images and labels, with the names of the classes found in the labels."""
     if labels is None:
         return ValidationSet(images, None, {}, str(datalist_file))
     found = sorted({int(v) for y in labels for v in torch.unique(y).tolist()})
     return ValidationSet(images, labels, _class_names(datalist_file, found), str(datalist_file))
+
+
+def validation_set(workflow: ConfigWorkflow) -> ValidationSet:
+    """:func:`load_validation` plus the names of the classes found in the labels (:func:`labelled_set`)."""
+    return labelled_set(*load_validation(workflow))
 
 
 def iter_batches(
