@@ -161,3 +161,14 @@ def test_matches_the_bundle_validation_baselines(tmp_path):
     for fill in ("global_mean", "visible_mean", "gaussian"):
         assert out[f"{fill}_psnr_masked"] == pytest.approx(logged[f"val_psnr_masked_{fill}"], rel=1e-4)
     assert out["psnr_masked"] == pytest.approx(logged["val_psnr_masked"], rel=1e-4)
+
+
+def test_score_label_maps_of_images_of_different_sizes():
+    small, large = torch.zeros(1, 8, 8, dtype=torch.long), torch.zeros(1, 16, 12, dtype=torch.long)
+    small[:, 1:3, 1:3] = 1  # a 4-pixel object, found
+    large[:, 2:12, 2:10] = 1  # an 80-pixel object, missed
+    scores = evaluate.score_label_maps([small, torch.zeros_like(large)], [small, large], 2, ["bg", "cell"])
+    assert scores["dice_small"] == scores["dice_lt16"] == 1.0 and scores["dice_ge64"] == 0.0
+    assert scores["dice"] == pytest.approx(0.5) and scores["n_gt_cell"] == 2 and "f1_cell" in scores
+    with pytest.raises(ValueError, match="one label map per prediction"):
+        evaluate.score_label_maps([small], [small, large], 2)

@@ -52,3 +52,15 @@ def test_baseline_sections_show_model_fills_gains_and_learned():
 @pytest.mark.parametrize("value, column, text", [(0.123456, "ssim_masked", "0.1235"), (1.5, "gain_x", "1.50")])
 def test_format_value(value, column, text):
     assert report.format_value(value, column) == text
+
+
+def test_paired_gains_pair_runs_by_their_keys():
+    rows = [
+        {"arm": "random", "p": 8, "seed": 0, "dice": 0.5}, {"arm": "random", "p": 16, "seed": 0, "dice": 0.4},
+        {"arm": "mae", "p": 8, "seed": 0, "dice": 0.6}, {"arm": "mae", "p": 16, "seed": 0, "dice": 0.3},
+        {"arm": "mae", "p": 16, "seed": 1, "dice": 0.9},  # no random run of seed 1: no partner, left out
+    ]  # fmt: skip
+    gains = report.paired_gains(rows, ["dice"], "random", ("p", "seed"))
+    assert [(g["arm"], g["p"], g["seed"]) for g in gains] == [("mae", 8, 0), ("mae", 16, 0)]
+    assert [round(g["dice"], 6) for g in gains] == [0.1, -0.1]
+    assert report.paired_gains(rows, ["dice"], "scratch", ("p", "seed")) == []
