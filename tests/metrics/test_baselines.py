@@ -85,3 +85,19 @@ def test_baseline_metric_scores_the_fill_on_the_network_masks():
         BaselineReconstructionMetric("psnr_masked", "gaussian")
     handler = ReconstructionMetricHandler("psnr_masked", 4, fill="gaussian", sigma=2.0)
     assert isinstance(handler.metric_fn, BaselineReconstructionMetric) and handler.metric_fn.sigma == 2.0
+
+
+def test_fit_baselines_picks_sigma_on_the_given_masks_and_logs_it(caplog):
+    from maskseg_monai.metrics import fit_baselines
+
+    x = smooth_images((32, 32), batch=4)
+    with caplog.at_level("INFO", logger="maskseg_monai.baselines"):
+        fitted = fit_baselines(x, patch_size=4, mask_ratio=0.5, seed=3, sigmas=(1.0, 2.0, 8.0))
+    assert fitted["sigma"] in (1.0, 2.0, 8.0) and fitted["num_images"] == 4
+    assert fitted["global_mean"] == pytest.approx(x.mean(dim=(0, 2, 3)).tolist())
+    generator = torch.Generator().manual_seed(3)
+    mask = patch_mask_to_image(generate_patch_mask(4, 64, 0.5, generator=generator).mask, 4, (32, 32))
+    assert fitted["sigma"] == choose_sigma(x, mask, (1.0, 2.0, 8.0))
+    assert "gaussian sigma" in caplog.text and "4 training crops" in caplog.text
+    with pytest.raises(ValueError, match="training images"):
+        fit_baselines(x[:0], 4, 0.5)
