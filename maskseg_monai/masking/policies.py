@@ -151,6 +151,9 @@ class MPSMasking(MaskingPolicy):
             ``"lesion_logits"`` ``[B, L]`` and ``"step"`` (a scalar), which
             :class:`~maskseg_monai.networks.AMLPMaskedAutoencoder` gives.
         patch_size: the network's patch size; needed with ``features="pixels"``.
+        start: training steps of plain random masking before MPS begins (*ours*, default 0): a model that has
+            first learned to reconstruct randomly masked images keeps that skill once lesion patches are masked
+            first. It needs ``aux["step"]``, which :class:`~maskseg_monai.networks.AMLPMaskedAutoencoder` gives.
 
     Raises:
         ValueError: on an unknown ``features`` or ``lesion_rule``, an out-of-range value, or ``"pixels"``
@@ -172,6 +175,7 @@ class MPSMasking(MaskingPolicy):
         prob: float = 1.0,
         lesion_rule: str = "head",
         patch_size: Sequence[int] | int | None = None,
+        start: int = 0,
     ) -> None:
         super().__init__()
         self.features = look_up_option(features, SUPPORTED_MPS_FEATURES)
@@ -180,12 +184,13 @@ class MPSMasking(MaskingPolicy):
             raise ValueError(f"MPSMasking: clusters must be >= 2, got {clusters}.")
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"MPSMasking: prob must be in [0, 1], got {prob}.")
-        if iters < 0 or warmup < 0:
-            raise ValueError(f"MPSMasking: iters and warmup must be >= 0, got {iters} and {warmup}.")
+        if iters < 0 or warmup < 0 or start < 0:
+            raise ValueError(f"MPSMasking: iters, warmup and start must be >= 0, got {iters}, {warmup} and {start}.")
         if self.features == "pixels" and patch_size is None:
             raise ValueError("MPSMasking: features='pixels' needs the network's patch_size.")
         self.clusters, self.iters, self.warmup, self.prob = clusters, iters, warmup, prob
         self.patch_size = patch_size
+        self.start = int(start)
 
     @property
     def requires_tokens(self) -> bool:  # type: ignore[override]
@@ -194,8 +199,10 @@ class MPSMasking(MaskingPolicy):
 
     @property
     def required_aux(self) -> tuple[str, ...]:  # type: ignore[override]
-        """``("lesion_logits", "step")`` with the ``"head"`` rule, else nothing."""
-        return ("lesion_logits", "step") if self.lesion_rule == "head" else ()
+        """``("lesion_logits", "step")`` with the ``"head"`` rule, ``("step",)`` with a ``start``, else nothing."""
+        if self.lesion_rule == "head":
+            return ("lesion_logits", "step")
+        return ("step",) if self.start > 0 else ()
 
     def check_grid(self, grid_size: Sequence[int], patch_size: Sequence[int]) -> None:
         """Also check that ``clusters`` is at most the number of patches ``L``."""
@@ -227,7 +234,9 @@ class MPSMasking(MaskingPolicy):
         aux = {} if aux is None else aux
         missing = [k for k in self.required_aux if k not in aux]
         if missing:
-            raise ValueError(f"MPSMasking(lesion_rule='head') needs aux {missing}; got keys {sorted(aux)}.")
+            raise ValueError(
+                f"MPSMasking(lesion_rule={self.lesion_rule!r}, start={self.start}) needs aux {missing}; got keys {sorted(aux)}."
+            )
         if self.features == "tokens":
             feats = tokens
         else:
@@ -245,6 +254,8 @@ class MPSMasking(MaskingPolicy):
             lesion = torch.where(after_warmup, by_head, lesion)
         category = (assign == lesion[:, None]).float()
         use = (torch.rand(images.shape[0], 1, device=images.device) < self.prob).float()
+        if self.start > 0:
+            use = use * (torch.as_tensor(aux["step"], device=images.device) >= self.start).float()
         return MaskingScores(category * use + torch.rand_like(category), {"category": category})
 
 

@@ -45,6 +45,7 @@ class AMLPMaskedAutoencoder(MaskedAutoencoderViT):
         ccl_hidden: hidden width of the CCL head; 0 for a linear head. Defaults to 64.
         mps_lesion_rule: ``"head"`` (the cluster the CCL head scores highest, after ``mps_warmup``) or
             ``"smallest"`` (always the smallest cluster; use it when CCL is off and the head never trains).
+        mps_start: training steps of plain random masking before MPS begins (*ours*). Defaults to 0.
         masking: optional policy (or name) that replaces the one built from ``use_mps`` and ``mps_*``; it may
             read ``aux["lesion_logits"]`` and ``aux["step"]``.
 
@@ -74,6 +75,7 @@ class AMLPMaskedAutoencoder(MaskedAutoencoderViT):
         mps_prob: float = 1.0,
         ccl_hidden: int = 64,
         mps_lesion_rule: str = "head",
+        mps_start: int = 0,
         masking: str | MaskingPolicy | None = None,
         **kwargs,
     ) -> None:
@@ -81,7 +83,9 @@ class AMLPMaskedAutoencoder(MaskedAutoencoderViT):
             raise ValueError(f"ccl_hidden must be >= 0, got {ccl_hidden}.")
         use_mps = as_bool(use_mps, "use_mps")
         super().__init__(*args, masking="random" if masking is None else masking, **kwargs)
-        mps = MPSMasking(mps_features, mps_clusters, mps_iters, mps_warmup, mps_prob, mps_lesion_rule, self.patch_size)
+        mps = MPSMasking(
+            mps_features, mps_clusters, mps_iters, mps_warmup, mps_prob, mps_lesion_rule, self.patch_size, mps_start
+        )
         self._check_masking(mps)  # checked even when unused, so a wrong bundle value fails early
         if masking is None and use_mps:
             self.masking = mps

@@ -194,3 +194,18 @@ def test_mps_arguments_and_aux_are_checked():
     with pytest.raises(ValueError, match="needs aux"):
         MPSMasking()(img, tokens)
     assert MPSMasking(lesion_rule="smallest")(img, tokens).scores.shape == (2, 64)
+
+
+def test_mps_start_masks_at_random_until_the_start_step():
+    img, tokens, _ = scene(2)
+    policy = MPSMasking(lesion_rule="smallest", start=10)
+    assert policy.required_aux == ("step",)
+    before = policy(img, tokens, {"step": torch.tensor(9)})
+    after = policy(img, tokens, {"step": torch.tensor(10)})
+    assert float(before.scores.max()) < 1.0  # every patch in [0, 1): plain random masking
+    lesion = after.maps["category"].bool()
+    assert lesion.any() and bool((after.scores[lesion] >= 1.0).all()) and bool((after.scores[~lesion] < 1.0).all())
+    with pytest.raises(ValueError, match="start"):
+        MPSMasking(start=-1)
+    with pytest.raises(ValueError, match="needs aux"):
+        policy(img, tokens)
