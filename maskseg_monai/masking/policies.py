@@ -235,7 +235,8 @@ class MPSMasking(MaskingPolicy):
         missing = [k for k in self.required_aux if k not in aux]
         if missing:
             raise ValueError(
-                f"MPSMasking(lesion_rule={self.lesion_rule!r}, start={self.start}) needs aux {missing}; got keys {sorted(aux)}."
+                f"MPSMasking(lesion_rule={self.lesion_rule!r}, start={self.start}) needs aux {missing}; "
+                f"got keys {sorted(aux)}."
             )
         if self.features == "tokens":
             feats = tokens
