@@ -141,6 +141,8 @@ def test_patch_size_and_ratio_from_command_line(tmp_path):
             "4",
             "--mask_ratio",
             "0.25",
+            "--batch_size",
+            "8",
             *TINY,
         )
     )
