@@ -90,7 +90,8 @@ def sample_crops(
     a baseline does not change what the model trains on.
 
     Args:
-        datalist: training items (``{"image": path, ...}``).
+        datalist: training items (``{"image": path, ...}``); in the bundles ``@train#dataset.data``, the items
+            the checked dataset kept (without the bad files ``--skip_bad_files`` dropped).
         transform: the training preprocessing; its output's ``key`` must be one fixed-size crop.
         num_crops: how many crops to draw.
         seed: seed of the copy's random state.
