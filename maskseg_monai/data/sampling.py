@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from monai.data import get_track_meta, set_track_meta
-from monai.transforms import Randomizable
+from monai.transforms import Compose, Randomizable, RandomizableTrait, Transform
 from torch.utils.data import Dataset, Subset
 
 __all__ = ["repeat_dataset", "sample_crops"]
@@ -91,7 +91,8 @@ def sample_crops(
 
     Args:
         datalist: training items (``{"image": path, ...}``); in the bundles ``@train#dataset.data``, the items
-            the checked dataset kept (without the bad files ``--skip_bad_files`` dropped).
+            the checked dataset kept (without the bad files ``--skip_bad_files`` dropped). Each chosen item goes
+            through the deterministic transforms once; the random ones run for every crop.
         transform: the training preprocessing; its output's ``key`` must be one fixed-size crop.
         num_crops: how many crops to draw.
         seed: seed of the copy's random state.
@@ -110,5 +111,15 @@ def sample_crops(
         transform.set_random_state(seed=int(seed))
     step = max(len(datalist) / max_items, 1.0)
     items = [datalist[int(i * step)] for i in range(min(len(datalist), max_items))]
-    crops = [torch.as_tensor(transform(dict(items[i % len(items)]))[key]) for i in range(num_crops)]
+    # the deterministic head (loading, intensity scaling) once per item, the random rest per crop: CacheDataset's
+    # split of a Compose (``start``/``end``), so every crop is what transform(item) would give
+    if isinstance(transform, Compose):
+        first = transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+        loaded = [transform(dict(item), end=first) for item in items]
+
+        def rest(data):
+            return data if first is None else transform(data, start=first)
+    else:
+        loaded, rest = [dict(item) for item in items], transform
+    crops = [torch.as_tensor(rest(copy.copy(loaded[i % len(loaded)]))[key]) for i in range(num_crops)]
     return torch.stack([c.float() for c in crops])

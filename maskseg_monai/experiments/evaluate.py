@@ -123,8 +123,9 @@ def fit_cell_baselines(
     """Fit the Gaussian sigma and the global mean of a cell on TRAINING crops, never on validation images.
 
     The same fit as the bundles' ``validate#baselines``
-    (``fit_baselines(sample_crops(@train#datalist, @train#preprocessing, 64, @seed), @patch_size, @val_mask_ratio,
-    @seed)``), at the evaluation's ``mask_ratio`` and ``seed``, which may differ from the bundle's validation ratio
+    (``fit_baselines(sample_crops(@train#dataset.data, @train#preprocessing, 64, @seed), @patch_size,
+    @val_mask_ratio, @seed)``, here on ``train#datalist`` so that the training set is not cached), at the
+    evaluation's ``mask_ratio`` and ``seed``, which may differ from the bundle's validation ratio
     and training seed (the ablation evaluates every variant at one ratio; the experiments keep the evaluation
     masks, and so the baselines, the same for every training seed).
 
