@@ -5,10 +5,8 @@ each bundle found under ``<app_dir>/model/<name>`` in a bundle infer task and a 
 :func:`prepare_label_app` copies that sample app, then each of our bundles with its ``models/model.pt``, and
 :func:`start_server_command` gives the offline ``monailabel start_server`` command line.
 
-MONAI Label reads ``configs/inference.json`` alone, while ours is a patch run after ``configs/train.json``
-(``--config_file "['configs/train.json','configs/inference.json']"``). The copy's ``configs/inference.json`` is
-therefore the two merged (MONAI Label does the same for multi-GPU training, ``configs/monailabel_train.json``);
-the merged file still works as a patch after ``train.json``. ``train.json`` is read as it is.
+MONAI Label reads ``configs/inference.json`` alone; every bundle's ``inference.json`` runs alone (the Model Zoo's
+form), so the bundles are copied as they are.
 
 Needs the optional MONAI Label environment (``requirements-label.txt``, README "Serving with MONAI Label").
 """
@@ -59,14 +57,6 @@ def find_sample_app(name: str = SAMPLE_APP) -> Path:
     raise FileNotFoundError(f"MONAI Label sample app '{name}' not found; looked in: {[str(c) for c in candidates]}.")
 
 
-def _write_merged_inference_config(configs: Path, target: Path) -> None:
-    """``configs/train.json`` + ``configs/inference.json`` merged as MONAI does, written to ``target``."""
-    from monai.bundle import ConfigParser
-
-    merged = ConfigParser.load_config_files([str(configs / "train.json"), str(configs / "inference.json")])
-    ConfigParser.export_config_file(merged, str(target), indent=4)
-
-
 def prepare_label_app(
     app_dir: str | os.PathLike,
     bundles: Sequence[str] = ("unetr_seg",),
@@ -76,8 +66,8 @@ def prepare_label_app(
     """Write a MONAI Label ``monaibundle`` app serving our bundles from local copies (no network needed).
 
     ``app_dir`` receives the sample app's files and, for each bundle, ``model/<name>/``: a copy of
-    ``bundles/<name>`` (without outputs) with ``models/model.pt`` and the merged ``configs/inference.json``
-    (see the module docstring). Existing files of the same names are replaced; other files are kept.
+    ``bundles/<name>`` (without outputs) with ``models/model.pt``. Existing files of the same names are replaced;
+    other files are kept.
 
     Args:
         app_dir: the app folder (created if needed).
@@ -120,7 +110,6 @@ def prepare_label_app(
         shutil.copytree(Path(bundles_dir) / name, target, ignore=_IGNORE, dirs_exist_ok=True)
         (target / "models").mkdir(exist_ok=True)
         shutil.copyfile(model_files[name], target / "models" / "model.pt")
-        _write_merged_inference_config(Path(bundles_dir) / name / "configs", target / "configs" / "inference.json")
     return app
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-import maskseg_monai
+from maskseg_monai.bundles import BUNDLES_DIR
 from maskseg_monai.experiments.report import format_value
 from maskseg_monai.experiments.validation import ValidationSet, validation_set
 
@@ -56,17 +56,17 @@ class Cell:
 
 
 def bundle_config_file(bundle: str) -> Path:
-    """``bundles/<bundle>/configs/train.json`` of the source tree the package is imported from.
+    """``<bundle>/configs/train.json`` of :data:`maskseg_monai.bundles.BUNDLES_DIR` (the installed bundles, or a
+    source checkout's ``bundles/``).
 
     Raises:
-        FileNotFoundError: when the package is not run from a checkout holding that bundle (pass
-            ``config_file`` / ``--config_file`` then).
+        FileNotFoundError: when that bundle is not there (pass ``config_file`` / ``--config_file`` then).
     """
-    path = Path(maskseg_monai.__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json"
+    path = BUNDLES_DIR / bundle / "configs" / "train.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"the {bundle.upper()} bundle config {path} does not exist (the package is not imported from a source "
-            f"checkout); pass --config_file path/to/bundles/{bundle}/configs/train.json."
+            f"the {bundle.upper()} bundle config {path} does not exist; "
+            f"pass --config_file path/to/bundles/{bundle}/configs/train.json."
         )
     return path
 

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 
 from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
 
-__all__ = ["TransferReport", "load_pretrained_encoder", "freeze_encoder", "find_encoder", "resample_pos_embed"]
+__all__ = [
+    "TransferReport",
+    "load_pretrained_encoder",
+    "freeze_encoder",
+    "find_encoder",
+    "read_checkpoint",
+    "resample_pos_embed",
+]
 
 logger = logging.getLogger("maskseg_monai.transfer")
 
@@ -137,8 +144,17 @@ def resample_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_gri
     return grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)
 
 
-def _read(path_or_state: str | os.PathLike | Mapping) -> tuple[str, Mapping, dict | None]:
-    """``(source name, flat state dict, encoder config or None)`` of a file or an in-memory checkpoint."""
+def read_checkpoint(path_or_state: str | os.PathLike | Mapping) -> tuple[str, dict, dict | None]:
+    """``(source name, flat state dict, encoder config or None)`` of a file or an in-memory checkpoint.
+
+    Files are read with ``torch.load(path, weights_only=True, map_location="cpu")``; a bundle's ``CheckpointSaver``
+    file (``{"model": ...}``), :func:`~maskseg_monai.networks.export_encoder`'s file (``{"state_dict", "config"}``)
+    and a bare state dict are accepted; non-tensor entries are dropped and DDP / ``torch.compile`` prefixes stripped.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: naming the file when it cannot be read that way or holds no dict.
+    """
     if isinstance(path_or_state, Mapping):
         source, obj = "<state dict>", path_or_state
     else:
@@ -253,7 +269,7 @@ def load_pretrained_encoder(
         >>> print(load_pretrained_encoder(net, "bundles/mae/models/model_final.pt"))  # doctest: +SKIP
     """
     encoder = find_encoder(network)
-    source, state, config = _read(path_or_state)
+    source, state, config = read_checkpoint(path_or_state)
     target = encoder.state_dict()
     report = TransferReport(source=source)
     prefix = _find_prefix(state, set(target))

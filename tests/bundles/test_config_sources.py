@@ -27,8 +27,10 @@ from monai.bundle import ConfigParser
 from maskseg_monai import bundles as generated
 
 BUNDLES = ("mae", "amlp", "unetr_seg", "oneshot")
-# inference.json is a patch over train.json except in oneshot, where it runs alone (Model Zoo); compared below
-PATCHES = {"multi_gpu_train.json": BUNDLES, "evaluate.json": BUNDLES, "inference.json": BUNDLES[:3]}
+PATCHES = {"multi_gpu_train.json": BUNDLES, "evaluate.json": BUNDLES}
+# inference.json runs alone (Model Zoo): generated from train.json and sources/inference_patch.json in the ViT
+# bundles, written out in oneshot (compared with its train.json below)
+STANDALONE = ("mae", "amlp", "unetr_seg")
 
 # key path (fnmatch pattern) -> why the bundles differ there on purpose
 INTENDED = {
@@ -61,27 +63,22 @@ INTENDED = {
     "train#dataloader#shuffle": "oneshot's episode dataset draws its own order",
     "train#dataloader#dataset": "pretraining epochs are steps_per_epoch batches of random crops (repeat_dataset)",
     "train#sampler#dataset": "multi-GPU pretraining shares the repeated epoch dataset between ranks",
-    "train#trainer#inferer": "oneshot trains through its support-guided inferer",
-    "train#trainer#prepare_batch": "image-only batches (MAE, AMLP) versus support batches (oneshot)",
     "train#handlers#<@amr>": "AMLP's Adaptive Masking Ratio, a control handler (every rank, before StatsHandler)",
     "train#handlers#<maskseg_monai.handlers.FreezeEncoderHandler>": "UNETR's frozen-encoder warm-up",
     "validate#preprocessing#transforms": "segmentation validates on whole labelled images; MAE/AMLP on centre crops",
     "validate#dataset#_target_": "oneshot validates on fixed episodes",
     "validate#dataset#data": "oneshot's episodes draw from a cached dataset",
     "validate#dataloader#batch_size": "whole images of different sizes (segmentation) go one at a time",
-    "validate#evaluator#inferer": "each task's inferer",
-    "validate#evaluator#prepare_batch": "image-only batches (MAE, AMLP) versus support batches (oneshot)",
     "validate#postprocessing#transforms#<AsDiscreted>#to_onehot": "oneshot is binary (target vs background)",
     "validate#handlers#<*MetricsSaver>": "evaluate.json: each task's metrics writer",
     "initialize#<$print(*>": "each bundle's own start-up lines (encoder loaded, one-shot folds, ranks ready)",
     "run#<$maskseg_monai.networks.export_encoder(*>": "the pretraining bundles export their encoder",
-    "infer#datalist": "UNETR's inference reads the validation images without their labels",
-    "infer#dataset#transform": "UNETR's inference loads DICOM series and keeps the image size; MAE/AMLP crop",
-    "infer#evaluator#inferer": "each task's inferer",
-    "infer#handlers#<@infer#saver>": "MAE/AMLP save reconstruction panels; UNETR saves masks in postprocessing",
-    "infer#saver#_target_": "MAE/AMLP save panels (a handler); UNETR label maps + DICOM SEG (a transform)",
-    "infer#dataset#_target_": "UNETR's folder inference skips bad inputs (--skip_bad_files), reported at the end",
-    "infer#handlers#<maskseg_monai.handlers.InferenceReport>": "UNETR's processed N, failed K report of its saver",
+    "dataset#data": "UNETR's inference reads the validation images without their labels",
+    "dataset#transform": "UNETR's inference loads DICOM series and keeps the image size; MAE/AMLP crop",
+    "handlers#<@saver>": "MAE/AMLP save reconstruction panels; UNETR saves masks in postprocessing",
+    "saver#_target_": "MAE/AMLP save panels (a handler); UNETR label maps + DICOM SEG (a transform)",
+    "dataset#_target_": "UNETR's folder inference skips bad inputs (--skip_bad_files), reported at the end",
+    "handlers#<maskseg_monai.handlers.InferenceReport>": "UNETR's processed N, failed K report of its saver",
 }
 # oneshot/configs/inference.json repeats train.json's network and hyperparameters to run alone
 ONESHOT_INFERENCE_INTENDED = {
@@ -194,6 +191,11 @@ def families(bundles_dir: Path = REPO / "bundles") -> dict[str, tuple[dict[str, 
     for patch, names in PATCHES.items():
         merged = {b: ConfigParser.load_config_files([str(cfg[b] / "train.json"), str(cfg[b] / patch)]) for b in names}
         out[f"train.json + {patch}"] = (merged, set().union(*(patch_keys(read(cfg[b] / patch)) for b in names)))
+    standalone = {b: read(cfg[b] / "inference.json") for b in STANDALONE}
+    out["inference.json"] = (
+        {b: {k: v for k, v in c.items() if k != generated.GENERATED_KEY} for b, c in standalone.items()},
+        None,
+    )
     return out
 
 
@@ -210,13 +212,14 @@ def test_generated_train_json_is_monais_merge_of_its_sources():
     assert committed.pop(generated.GENERATED_KEY).startswith("GENERATED from bundles/mae/configs/train.json")
     assert committed == ours
     # "+train#handlers" appends AMR to the control handlers: before StatsHandler, on every rank
-    assert committed["train"]["handlers"][-1] == "@amr"
+    # (a component whose _target_ is the shared handler: MONAI's property check reads every handler as a dict)
+    assert committed["train"]["handlers"][-1] == {"_target_": "@amr", "_mode_": "callable"}
     assert [h["_target_"] for h in committed["train"]["rank0_handlers"]][:2] == [
         "maskseg_monai.handlers.ProgressBarHandler", "StatsHandler"]  # fmt: skip
 
 
 def test_check_reports_a_stale_file_with_a_diff_and_the_command(tmp_path):
-    for b in ("mae", "amlp"):
+    for b in ("mae", "amlp", "unetr_seg"):
         shutil.copytree(REPO / "bundles" / b / "configs", tmp_path / b / "configs")
     assert generated.check(tmp_path) == []
     patch = tmp_path / "amlp" / "configs" / "sources" / "train_patch.json"
@@ -228,11 +231,11 @@ def test_check_reports_a_stale_file_with_a_diff_and_the_command(tmp_path):
     assert '-    "mps_clusters": 2,\n+    "mps_clusters": 3,' in proc.stdout
     assert f"{tmp_path.name}/amlp/configs/logging.conf (committed, missing)" in proc.stdout
     assert f"regenerate with:\n    python -m maskseg_monai.bundles sync --bundles_dir {tmp_path}" in proc.stderr
-    assert sorted(p.name for p in generated.sync(tmp_path)) == ["logging.conf", "train.json"]
+    assert sorted(p.name for p in generated.sync(tmp_path)) == ["inference.json", "logging.conf", "train.json"]
     assert generated.check(tmp_path) == [] and generated.sync(tmp_path) == []
 
 
-@pytest.mark.parametrize("family", ["train.json", *(f"train.json + {p}" for p in PATCHES)])
+@pytest.mark.parametrize("family", ["train.json", *(f"train.json + {p}" for p in PATCHES), "inference.json"])
 def test_no_skeleton_drift_between_bundles(family):
     configs, under = families()[family]
     drift = unexpected(differences(configs, under))
@@ -290,10 +293,10 @@ def test_drift_of_a_dropped_error_hook_is_found(tmp_path):
 
 def test_drift_of_an_unwrapped_amp_is_found(tmp_path):
     def edit(config):
-        config["infer"]["evaluator"]["amp"] = "@amp"
+        config["evaluator"]["amp"] = "@amp"
 
-    drift = _drift(_broken_copy(tmp_path, "unetr_seg", "inference.json", edit), "train.json + inference.json")
-    assert list(drift) == ["infer#evaluator#amp"] and 'unetr_seg: "@amp"' in drift["infer#evaluator#amp"]
+    drift = _drift(_broken_copy(tmp_path, "unetr_seg", "inference.json", edit), "inference.json")
+    assert list(drift) == ["evaluator#amp"] and 'unetr_seg: "@amp"' in drift["evaluator#amp"]
 
 
 def test_drift_of_an_uncapped_interval_is_found_wherever_the_handler_sits(tmp_path):
@@ -327,7 +330,7 @@ def test_every_amp_is_a_boolean_from_the_command_line():
                 if path.endswith("#amp"):
                     assert parser.get_parsed_content(path) is False, f"{name} {family}: {path}"
                     checked.add(path)
-    assert {"train#trainer#amp", "validate#evaluator#amp", "infer#evaluator#amp", "evaluator#amp"} <= checked
+    assert {"train#trainer#amp", "validate#evaluator#amp", "evaluator#amp"} <= checked
 
 
 def test_training_configs_define_training_and_slice_no_lists():

@@ -92,7 +92,9 @@ def masked_average_pooling(
     if allow_empty:
         return (features * mask).sum(dims) / area.clamp_min(eps)
     empty = area[:, 0] <= eps
-    if bool(empty.any()):  # one host sync per support set, for a clear error instead of a zero prototype
+    # one host sync per support set, for a clear error instead of a zero prototype; a graph being exported
+    # (torch.export) cannot branch on data, so there the caller checks its support masks (the bundle's load_support)
+    if not torch.compiler.is_exporting() and bool(empty.any()):
         items = torch.nonzero(empty).flatten().tolist()
         raise ValueError(
             f"support mask {items} of {mask.shape[0]} is empty (no foreground pixel): masked average pooling needs "
