@@ -26,10 +26,24 @@ from maskseg_monai.data.dicom_series import (
 from maskseg_monai.data.manifest import ManifestError, VerificationError, load_manifest, prepare_dataset
 from maskseg_monai.data.sampling import repeat_dataset, sample_crops
 from maskseg_monai.data.synthetic import BLOOD_CLASSES, MIN_SCENE_SIZE, blood_smear_scene
-from maskseg_monai.data.validate import FAILED_KEY, CheckedCacheDataset, SkippingDataset, datalist_labels, load_datalist
+from maskseg_monai.data.validate import (
+    FAILED_KEY,
+    SUPPORTED_CACHE_MODES,
+    CheckedCacheDataset,
+    CheckedDataset,
+    CheckedPersistentDataset,
+    SkippingDataset,
+    checked_dataset,
+    datalist_labels,
+    load_datalist,
+)
 
 __all__ = [
     "FAILED_KEY",
+    "SUPPORTED_CACHE_MODES",
+    "CheckedDataset",
+    "CheckedPersistentDataset",
+    "checked_dataset",
     "SkippingDataset",
     "DEFAULT_SPACING_TOLERANCE",
     "DicomSeries",

@@ -6,14 +6,28 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, Dataset, MetaTensor, load_decathlon_datalist
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset, load_decathlon_datalist
+from monai.data.utils import json_hashing
+from monai.transforms import Compose, Randomizable
+from monai.utils import look_up_option
 
 from maskseg_monai.utils import BadInputError, _exception_chain, as_bool, error_summary
 
-__all__ = ["FAILED_KEY", "CheckedCacheDataset", "SkippingDataset", "datalist_labels", "load_datalist"]
+__all__ = [
+    "FAILED_KEY",
+    "SUPPORTED_CACHE_MODES",
+    "CheckedCacheDataset",
+    "CheckedDataset",
+    "CheckedPersistentDataset",
+    "SkippingDataset",
+    "checked_dataset",
+    "datalist_labels",
+    "load_datalist",
+]
 
 logger = logging.getLogger("maskseg_monai.data")
 
@@ -175,22 +189,148 @@ class CheckedCacheDataset(CacheDataset):
 
     def set_data(self, data: Sequence) -> None:
         super().set_data(data)
-        bad = [i for i, c in enumerate(self._cache) if isinstance(c, _BadItem)]
-        if not bad:
-            return
-        if not self.skip_bad_files:
-            raise BadInputError(
-                f"{self._cache[bad[0]].message} (bad {self.name} item {bad[0]} of {len(self.data)}; "
-                "--skip_bad_files true skips bad files)"
-            )
-        self.skipped = [self._cache[i].message for i in bad]
-        for message in self.skipped:
-            logger.warning(f"skipping {self.name} item: {message}")
-        n = len(self.data)
-        keep = [i for i in range(len(self._cache)) if i not in set(bad)]
-        if not keep:
-            raise BadInputError(f"all {n} {self.name} items are bad; the first: {self.skipped[0]}")
-        self.data = [self.data[i] for i in keep] + list(self.data[len(self._cache) :])
-        self._cache = [self._cache[i] for i in keep]
-        self.cache_num = len(self._cache)
-        logger.warning(f"skipped {len(bad)} of {n} {self.name} items (--skip_bad_files true)")
+        keep, self.skipped = _good_items(self._cache, self.skip_bad_files, self.name)
+        if self.skipped:
+            self.data = [self.data[i] for i in keep] + list(self.data[len(self._cache) :])
+            self._cache = [self._cache[i] for i in keep]
+            self.cache_num = len(self._cache)
+
+
+def _good_items(results: Sequence[Any], skip_bad_files: bool, name: str) -> tuple[list[int], list[str]]:
+    """``(indices of the good items, messages of the bad ones)`` of checked items (:class:`_BadItem` = bad).
+
+    Raises:
+        BadInputError: naming the first bad item, without ``skip_bad_files``; or when every item is bad.
+    """
+    bad = [i for i, r in enumerate(results) if isinstance(r, _BadItem)]
+    if not bad:
+        return list(range(len(results))), []
+    if not skip_bad_files:
+        raise BadInputError(
+            f"{results[bad[0]].message} (bad {name} item {bad[0]} of {len(results)}; "
+            "--skip_bad_files true skips bad files)"
+        )
+    skipped = [results[i].message for i in bad]
+    for message in skipped:
+        logger.warning(f"skipping {name} item: {message}")
+    keep = [i for i in range(len(results)) if i not in set(bad)]
+    if not keep:
+        raise BadInputError(f"all {len(results)} {name} items are bad; the first: {skipped[0]}")
+    logger.warning(f"skipped {len(bad)} of {len(results)} {name} items (--skip_bad_files true)")
+    return keep, skipped
+
+
+def _checked_pass(dataset: Dataset, run: Callable[[Any], Any], skip_bad_files: bool, name: str) -> list[str]:
+    """Run ``run`` (the deterministic transforms) on every item of ``dataset`` once; drop or report the bad ones."""
+    results = []
+    for item in dataset.data:
+        try:
+            run(item)
+            results.append(None)
+        except Exception as e:
+            results.append(_BadItem(_item_message(item, e)))
+    keep, skipped = _good_items(results, skip_bad_files, name)
+    if skipped:
+        dataset.data = [dataset.data[i] for i in keep]
+    return skipped
+
+
+class CheckedPersistentDataset(PersistentDataset):
+    """MONAI's ``PersistentDataset`` (deterministic transforms cached on disk under ``cache_dir``), checked as
+    :class:`CheckedCacheDataset` checks: every item is prepared once at construction (which fills the disk cache), and
+    a bad file stops the run naming it, or is skipped with ``skip_bad_files``. For datalists larger than memory."""
+
+    def __init__(
+        self,
+        data: Sequence,
+        transform: Sequence[Callable] | Callable | None = None,
+        cache_dir: str | os.PathLike = "cache",
+        skip_bad_files: bool | str = False,
+        name: str = "training",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(data, transform, cache_dir=cache_dir, **kwargs)
+        self.skip_bad_files, self.name = as_bool(skip_bad_files, "skip_bad_files"), name
+        self.skipped = _checked_pass(self, self._cachecheck, self.skip_bad_files, name)
+
+
+class CheckedDataset(Dataset):
+    """MONAI's ``Dataset`` (every transform on every access, nothing cached), checked as :class:`CheckedCacheDataset`
+    checks: the deterministic transforms run once per item at construction (one read of every file, nothing kept),
+    and a bad file stops the run naming it, or is skipped with ``skip_bad_files``. For datalists larger than memory
+    when disk space for a cache is short too."""
+
+    def __init__(
+        self,
+        data: Sequence,
+        transform: Sequence[Callable] | Callable | None = None,
+        skip_bad_files: bool | str = False,
+        name: str = "training",
+    ) -> None:
+        super().__init__(data, transform)
+        self.skip_bad_files, self.name = as_bool(skip_bad_files, "skip_bad_files"), name
+        deterministic = _deterministic_part(transform)
+        self.skipped = _checked_pass(self, deterministic, self.skip_bad_files, name)
+
+
+def _deterministic_part(transform: Any) -> Callable[[Any], Any]:
+    """The transforms of a ``Compose`` before its first random one (what ``CacheDataset`` caches), as one callable."""
+    if not isinstance(transform, Compose):
+        transform = Compose([] if transform is None else transform)
+    first_random = next((i for i, t in enumerate(transform.transforms) if isinstance(t, Randomizable)), None)
+    return lambda item: transform(item, end=first_random)
+
+
+#: ``cache_mode`` choices of :func:`checked_dataset`
+SUPPORTED_CACHE_MODES = ("memory", "disk", "none")
+
+
+def checked_dataset(
+    data: Sequence,
+    transform: Sequence[Callable] | Callable | None = None,
+    cache_mode: str = "memory",
+    cache_dir: str | os.PathLike = "cache",
+    skip_bad_files: bool | str = False,
+    name: str = "training",
+    **cache_kwargs: Any,
+) -> Dataset:
+    """The bundles' dataset for ``cache_mode`` (``--cache_mode``), each checking every item as it starts.
+
+    - ``memory``: :class:`CheckedCacheDataset` (MONAI's ``CacheDataset``): the deterministic transforms' results of
+      every item in RAM; fastest; needs memory for the whole preprocessed datalist.
+    - ``disk``: :class:`CheckedPersistentDataset` (MONAI's ``PersistentDataset``): the same results as files under
+      ``cache_dir/<name>``, keyed by the item and the transforms (``hash_transform``), so later runs on the same items
+      and transforms reuse them and changed transforms do not; needs disk, not RAM.
+    - ``none``: :class:`CheckedDataset` (MONAI's ``Dataset``): every file read and preprocessed at every access;
+      needs neither, costs one extra read of every file at start (the check).
+
+    Args:
+        data: the datalist.
+        transform: deterministic then random transforms.
+        cache_mode: ``"memory"``, ``"disk"`` or ``"none"``.
+        cache_dir: folder of the ``disk`` cache.
+        skip_bad_files: skip bad items with a warning instead of failing.
+        name: what the items are, for messages.
+        cache_kwargs: ``CacheDataset`` arguments (``cache_rate``, ``copy_cache``, ``num_workers``, ``progress``),
+            used by the ``memory`` mode only.
+
+    Raises:
+        ValueError: on an unknown ``cache_mode``, naming the choices.
+        BadInputError: as :class:`CheckedCacheDataset`.
+    """
+    try:
+        mode = look_up_option(str(cache_mode).lower(), SUPPORTED_CACHE_MODES)
+    except ValueError as err:
+        raise ValueError(f"cache_mode: {err}") from None
+    if mode == "memory":
+        return CheckedCacheDataset(data, transform, skip_bad_files=skip_bad_files, name=name, **cache_kwargs)
+    if mode == "disk":
+        return CheckedPersistentDataset(
+            data,
+            transform,
+            Path(cache_dir) / name,
+            skip_bad_files=skip_bad_files,
+            name=name,
+            hash_transform=json_hashing,
+        )
+    return CheckedDataset(data, transform, skip_bad_files=skip_bad_files, name=name)
