@@ -29,6 +29,7 @@ __all__ = [
     "save_figure",
     "run_settings",
     "format_value",
+    "read_csv",
     "write_csv",
     "markdown_table",
     "write_markdown",
@@ -307,6 +308,22 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> str:
             writer.writerows([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
 
     return atomic_write(path, _write)
+
+
+def _parse(text: str) -> Any:
+    """A ``write_csv`` cell back as an int, a float or the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """The rows :func:`write_csv` wrote, numbers parsed back (floats as written: 6 significant digits)."""
+    with open(path, newline="") as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:

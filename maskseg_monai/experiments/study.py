@@ -67,6 +67,7 @@ from maskseg_monai.experiments.report import (
     markdown_table,
     mean_std,
     paired_gains,
+    read_csv,
     save_figure,
     summarize_runs,
     write_csv,
@@ -301,6 +302,7 @@ def run_study(
     command: str | None = None,
     progress_bar: bool = False,
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Pretrain MAE and AMLP once per seed, fine-tune UNETR from scratch / MAE / AMLP on each ``k`` labelled
     images, evaluate, write the results.
@@ -331,6 +333,10 @@ def run_study(
         command: the command line recorded in ``results.md``.
         progress_bar: keep the bundles' per-iteration progress bars.
         log: where progress lines go.
+        resume: keep the rows of an earlier run's ``results.csv`` in ``output_dir`` whose arm, k, seed, steps and
+            pretraining epochs are those of a planned run (a study stopped part way, run again with the same
+            options), and train only the others; a seed whose runs are all kept is not pretrained again (a seed with
+            runs left is pretrained again, from its seed, before them).
 
     Returns:
         one dict per arm x k x seed (seed-major, then k, then arm): ``arm``, ``k``, ``seed``, ``pretrain_epochs``,
@@ -460,9 +466,20 @@ def run_study(
         plot_study(rows, output_dir / "study.png", labels=("Dice", f"small-object Dice ({buckets[0]})"), title=title)
 
     rows: list[dict[str, Any]] = []
+    done: dict[tuple[str, int, int], dict[str, Any]] = {}
+    if resume and (output_dir / "results.csv").is_file():
+        planned = {(c.info["arm"], c.info["k"], c.info["seed"]): c.info["pretrain_epochs"] for c in finetune}
+        for row in read_csv(output_dir / "results.csv"):
+            key = (row["arm"], row["k"], row["seed"])
+            if planned.get(key) == row["pretrain_epochs"] and row["steps"] == finetune_steps:
+                done[key] = row
+        log(f"--resume: {len(done)} of {total} runs kept from {output_dir / 'results.csv'}")
     pretrain_seconds: dict[tuple[str, int], float] = {}
     for i, cell in enumerate(finetune, 1):
         arm, seed, enc = cell.info["arm"], cell.info["seed"], cell.info["encoder"]
+        if (arm, cell.info["k"], seed) in done:
+            rows.append(done[arm, cell.info["k"], seed])
+            continue
         for b in PRETRAIN_BUNDLES:  # both encoders of a seed, before its first fine-tuning
             if (b, seed) not in pretrain_seconds:
                 log(f"{pretrain[b, seed].label}: training {epochs[b]} epoch(s) ...")
@@ -494,6 +511,8 @@ def run_study(
         log(f"[{i}/{total}] {cell.label}: {info['steps']} steps in {info['train_seconds']:.0f} s, {scores}, {curve}")
         del workflow
         gc.collect()
+        save(rows)
+    if done and len(done) == total:
         save(rows)
     for r in saturation_check(rows, saturation_tolerance):
         if r["verdict"] == "saturated":
@@ -552,6 +571,10 @@ def _parser() -> argparse.ArgumentParser:
         "--saturation_tolerance", type=float, default=0.01,
         help="least rise of scratch's validation Dice from mid to end that counts as still rising (default 0.01)",
     )  # fmt: skip
+    ap.add_argument(
+        "--resume", action="store_true",
+        help="keep the runs of an earlier, stopped study in --output_dir (results.csv) and run only the others",
+    )  # fmt: skip
     add_multi_bundle_arguments(
         ap, DEFAULT_OUTPUT_DIR, "--override hidden_size=96 for all three, --override steps_per_epoch=50 for MAE and "
         "AMLP, --override out_channels=5 for the UNETR",
@@ -571,6 +594,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         args.finetune_datalist, args.output_dir, overrides=overrides, size_thresholds=args.size_thresholds,
         iou_threshold=args.iou_threshold, saturation_tolerance=args.saturation_tolerance,
         command=command_line("maskseg_monai.experiments.study", argv), progress_bar=args.progress_bar,
+        resume=args.resume,
     )  # fmt: skip
     print(markdown_table(_by_k(rows, GAIN_COLUMNS)))
     print(f"results in {Path(args.output_dir).resolve()}")

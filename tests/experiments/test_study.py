@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,28 @@ def test_tiny_study_writes_results(tiny_study):
     png = out / "study.png"
     assert png.is_file() and png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert not list(out.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_finished_runs_and_trains_the_rest(tiny_study, tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(tiny_study[0], out)
+    argv = ["--seeds", "0", "--labels", "4", "2", "--pretrain_epochs", "1", "--finetune_steps", "4",
+            "--finetune_validations", "2", "--output_dir", str(out), *TINY_ARGS, "--resume"]  # fmt: skip
+    before = (out / "results.csv").read_text()
+    lines = before.splitlines()
+    (out / "results.csv").write_text("\n".join(lines[:-1]) + "\n")  # stopped before its last run
+    logs = []
+    rows = study.run_study([0], [4, 2], 1, 4, 2, output_dir=out, overrides=TINY, resume=True, log=logs.append)
+    assert "--resume: 5 of 6 runs kept" in logs[0]
+    assert [line for line in logs if "fine-tuning 4 steps" in line] == [
+        "[6/6] UNETR amlp, k 4, seed 0: fine-tuning 4 steps ..."
+    ]
+    after = (out / "results.csv").read_text().splitlines()
+    assert after[:-1] == lines[:-1] and len(rows) == 6 and after[-1].startswith("amlp,4,0,1,4,")
+    logs.clear()
+    study.main(argv)  # all kept: nothing trains
+    assert (out / "results.csv").read_text().splitlines() == after
 
 
 def _row(arm, k, seed, dice, mid=0.0, last=0.0, loss_mid=1.0, loss_last=0.5):
