@@ -13,7 +13,7 @@ from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Compose, Randomizable, RandomizableTrait, Transform
 from torch.utils.data import Dataset, Subset
 
-__all__ = ["repeat_dataset", "sample_crops"]
+__all__ = ["cache_split", "repeat_dataset", "sample_crops"]
 
 
 class _Repeated(Subset):
@@ -41,6 +41,12 @@ def _meta_tracking(on: bool):
         yield
     finally:
         set_track_meta(before)
+
+
+def cache_split(transform: Compose) -> int | None:
+    """Index of the first transform of ``transform`` that ``CacheDataset`` does not cache (the first random one or
+    non-``Transform``), None when it caches all: ``transform(item, end=cache_split(transform))`` is the cached part."""
+    return transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
 
 
 def repeat_dataset(dataset: Dataset, min_length: int, track_meta: bool = False) -> Subset:
@@ -114,7 +120,7 @@ def sample_crops(
     # the deterministic head (loading, intensity scaling) once per item, the random rest per crop: CacheDataset's
     # split of a Compose (``start``/``end``), so every crop is what transform(item) would give
     if isinstance(transform, Compose):
-        first = transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+        first = cache_split(transform)
         loaded = [transform(dict(item), end=first) for item in items]
 
         def rest(data):

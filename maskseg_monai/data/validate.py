@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset, load_decathlon_datalist
 from monai.data.utils import json_hashing
-from monai.transforms import Compose, Randomizable
+from monai.transforms import Compose
 from monai.utils import look_up_option
 
+from maskseg_monai.data.sampling import cache_split
 from maskseg_monai.utils import BadInputError, _exception_chain, as_bool, error_summary
 
 __all__ = [
@@ -274,11 +275,11 @@ class CheckedDataset(Dataset):
 
 
 def _deterministic_part(transform: Any) -> Callable[[Any], Any]:
-    """The transforms of a ``Compose`` before its first random one (what ``CacheDataset`` caches), as one callable."""
+    """The part of ``transform`` that ``CacheDataset`` caches (:func:`~maskseg_monai.data.sampling.cache_split`)."""
     if not isinstance(transform, Compose):
         transform = Compose([] if transform is None else transform)
-    first_random = next((i for i, t in enumerate(transform.transforms) if isinstance(t, Randomizable)), None)
-    return lambda item: transform(item, end=first_random)
+    end = cache_split(transform)
+    return lambda item: transform(item, end=end)
 
 
 #: ``cache_mode`` choices of :func:`checked_dataset`
