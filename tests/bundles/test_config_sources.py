@@ -343,3 +343,18 @@ def test_training_configs_define_training_and_slice_no_lists():
         text = path.read_text()
         assert not re.search(r"\[[^\]\[]*:\s*-\d", text), f"{path}: positional list slicing"
         assert not re.search(r'"\+?[\w#]*#\d+(#[\w#]*)?"\s*:', text), f"{path}: a positional index in a key path"
+
+
+def test_prune_keeps_the_roots_and_what_they_refer_to():
+    config = {
+        "a": 1, "unused": 2, "lst": [{"x": "@b"}, 3], "b": "$@c#d + 1", "c": {"d": 4, "e": "@missing_ok_unkept"},
+        "m": "%tr", "tr": ["@a"], "root": {"keep": "@lst", "drop": "@unused"},
+    }  # fmt: skip
+    pruned = generated.prune(config, ["root#keep", "m", "not_there"])
+    # root#keep -> lst (whole list) -> b -> c#d; m -> tr (macro) -> a; c#e and root#drop are not kept
+    assert pruned == {"a": 1, "lst": [{"x": "@b"}, 3], "b": "$@c#d + 1", "c": {"d": 4}, "m": "%tr", "tr": ["@a"],
+                      "root": {"keep": "@lst"}}  # fmt: skip
+    with pytest.raises(ValueError, match="'root::keep' refers to 'nowhere', not in the config"):
+        generated.prune({"root": {"keep": "@nowhere"}}, ["root#keep"])
+    with pytest.raises(ValueError, match="a macro of another file"):
+        generated.references({"x": "%other.json#y"})
