@@ -56,11 +56,8 @@ __all__ = [
 
 #: the bundles: installed inside the package (``maskseg_monai/bundle_files``, from a wheel), else the ``bundles/``
 #: folder of the source tree the package is imported from (a checkout, editable install)
-BUNDLES_DIR = next(
-    (d for d in (Path(__file__).resolve().parent / "bundle_files", Path(__file__).resolve().parents[1] / "bundles")
-     if d.is_dir()),
-    Path(__file__).resolve().parents[1] / "bundles",
-)  # fmt: skip
+_INSTALLED_BUNDLES = Path(__file__).resolve().parent / "bundle_files"
+BUNDLES_DIR = _INSTALLED_BUNDLES if _INSTALLED_BUNDLES.is_dir() else Path(__file__).resolve().parents[1] / "bundles"
 #: generated file -> its sources, merged left to right; paths relative to the bundles folder.
 GENERATED: dict[str, tuple[str, ...]] = {
     "amlp/configs/train.json": ("mae/configs/train.json", "amlp/configs/sources/train_patch.json"),

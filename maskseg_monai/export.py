@@ -37,6 +37,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
+from maskseg_monai.experiments.cli import parse_overrides
 from maskseg_monai.networks.transfer import find_encoder, read_checkpoint
 from maskseg_monai.utils import atomic_write
 
@@ -179,18 +180,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=32, help="n of symbolic spatial sizes such as '2*n' (default 32)")
     parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of the eager check (default 1e-4)")
     parser.add_argument(
-        "--override", action="append", default=[], metavar="KEY=VALUE", help="config override (JSON value), repeatable"
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override (JSON value), repeatable",
     )
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.override:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--override {item!r}: expected KEY=VALUE.")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_overrides(parser, args.override, {}, "the export")
     report = export_network(
         args.config_file, args.meta_file, args.filepath, args.ckpt_file, args.net_id, args.encoder, args.n,
         args.atol, overrides,
