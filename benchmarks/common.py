@@ -137,7 +137,7 @@ def append_results(path: str, title: str, device: torch.device, body: str, notes
     """Append a dated section (device, versions, the exact command, ``body``) to the markdown file ``path``."""
     env = describe_environment(device)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## {title}: {env['device']}, {stamp}", ""]
     lines += [f"- {k}: {v}" for k, v in env.items()]
     lines += [f"- command: `{command}`", *[f"- {n}" for n in notes], "", body, ""]

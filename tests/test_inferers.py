@@ -83,3 +83,37 @@ def test_one_shot_metrics_saver_writes_per_class_means(tmp_path):
     assert float(rows["two"]["dice_all_objects_baseline"]) == pytest.approx(baseline)
     episodes = list(csv.DictReader(open(tmp_path / "metrics_per_episode.csv")))
     assert [r["class"] for r in episodes] == ["2", "2", "3"]
+
+
+def test_one_shot_metrics_saver_scores_baselines_per_set_and_warns_on_empty(tmp_path, caplog):
+    saver = OneShotMetricsSaver(
+        tmp_path, baselines=("copy_support", "all_pixels", "body"), class_sets={"a": [1, 2], "b": [3]}
+    )
+    engine = SimpleNamespace(state=SimpleNamespace(metrics={}, iteration=1))
+    square = torch.zeros(8, 8)
+    square[2:6, 2:6] = 1
+    target = torch.stack([1 - square, square])
+    empty = torch.stack([torch.ones(8, 8), torch.zeros(8, 8)])
+    for cls, pred, support in ((1, target, square), (2, target, torch.zeros(8, 8)), (3, empty, square)):
+        support = support.clone()
+        support[0, 0] = 1  # never empty
+        engine.state.output = [{"pred": pred, "label": target}]
+        engine.state.batch = {
+            "class": torch.tensor([cls]),
+            "image": torch.rand(1, 1, 8, 8),
+            "support_image": torch.rand(1, 1, 1, 8, 8),
+            "support_label": support[None, None, None],
+            "body": square[None, None],
+            "query_name": [f"q{cls}.png"],
+        }
+        with caplog.at_level("WARNING", logger="maskseg_monai.handlers"):
+            saver.collect(engine)
+    assert "query q3.png (class 3) is empty" in caplog.text and "q1.png" not in caplog.text
+    saver.write(engine)
+    sets = {r["set"]: r for r in csv.DictReader(open(tmp_path / "metrics_per_set.csv"))}
+    assert float(sets["a"]["dice"]) == pytest.approx(1.0) and float(sets["b"]["dice"]) == pytest.approx(0.0)
+    copy_a = (2 * 16 / 33 + 0.0) / 2  # support square (+1 pixel) on class 1; a single off-target pixel on class 2
+    assert float(sets["a"]["dice_copy_support_baseline"]) == pytest.approx(copy_a)
+    assert sets["a"]["best_baseline"] == "body" and float(sets["a"]["best_baseline_dice"]) == pytest.approx(1.0)
+    assert float(sets["b"]["gain_over_best_baseline"]) == pytest.approx(-1.0)
+    assert float(sets["a"]["dice_all_pixels_baseline"]) == pytest.approx(2 * 16 / 80)

@@ -34,6 +34,7 @@ from maskseg_monai.data.validate import (
     CheckedPersistentDataset,
     SkippingDataset,
     checked_dataset,
+    datalist_class_sets,
     datalist_labels,
     load_datalist,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "inference_inputs",
     "list_dicom_series",
     "output_names",
+    "datalist_class_sets",
     "datalist_labels",
     "load_datalist",
     "resolve_dicom_series",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from maskseg_monai.data._io import atomic_write_json
+from maskseg_monai.data.demo_oneshot import ONESHOT_BUILDERS
 from maskseg_monai.data.demo_sets import ASSETS_DIR, BUILDERS, SetWriter, demo_dicom_series_dir
 
 __all__ = [
@@ -37,7 +38,10 @@ DEMO_SETS: tuple[str, ...] = (
     "unlabelled2d",
     "ct3d",
     "textures2d",
+    "oneshot_real2d",
 )
+
+_BUILDERS = {**BUILDERS, **ONESHOT_BUILDERS}
 
 
 DATALIST_NAME = "dataset.json"
@@ -106,7 +110,7 @@ def materialize_demo(
         if overwrite or not _is_complete(folder):
             (folder / _MARKER_NAME).unlink(missing_ok=True)
             writer = SetWriter(folder)
-            datalist, provenance = BUILDERS[name](writer)
+            datalist, provenance = _BUILDERS[name](writer)
             datalist["numTraining"], datalist["numValidation"] = len(datalist["training"]), len(datalist["validation"])
             writer.put(_PROVENANCE_NAME, provenance.encode("utf-8"))
             writer.put(DATALIST_NAME, (json.dumps(datalist, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -279,7 +279,18 @@ def _decimate(volume: np.ndarray) -> np.ndarray:
     return volume[::2, ::2, ::2]
 
 
-def _build_brain3d(out: SetWriter) -> tuple[dict, str]:
+def mni_2mm() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, Path]]:
+    """The MNI ICBM152 2009a T1/gm/wm volumes at 2 mm, their grey/white label map and affine, and the source files.
+
+    Returns:
+        ``(volumes, label, affine, paths)``: ``volumes`` maps ``"t1"``, ``"gm"``, ``"wm"`` to float32 ``[X, Y, Z]``
+        arrays in [0, 1]; ``label`` is uint8 (0 background, 1 grey matter, 2 white matter: argmax of gm/wm where
+        their maximum is >= 0.5); ``paths`` the nilearn files read.
+
+    Raises:
+        FileNotFoundError: when nilearn or a template file is missing.
+        ValueError: when the three files do not share one grid.
+    """
     folder = _package_dir("nilearn") / "datasets" / "data"
     paths = {k: _source(folder / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz") for k in ("t1", "gm", "wm")}
     imgs = {k: nib.load(p) for k, p in paths.items()}
@@ -287,9 +298,13 @@ def _build_brain3d(out: SetWriter) -> tuple[dict, str]:
     if any(not np.allclose(i.affine, affine) or i.shape != imgs["t1"].shape for i in imgs.values()):
         raise ValueError(f"{folder}: the ICBM152 t1/gm/wm files do not share one grid.")
     vols = {k: _decimate(np.asarray(i.dataobj, dtype=np.float32) / 255.0) for k, i in imgs.items()}
-    affine2 = affine @ np.diag([2.0, 2.0, 2.0, 1.0])
     gm, wm = vols["gm"], vols["wm"]
     label = np.where(np.maximum(gm, wm) >= 0.5, np.where(wm > gm, 2, 1), 0).astype(np.uint8)
+    return vols, label, affine @ np.diag([2.0, 2.0, 2.0, 1.0]), paths
+
+
+def _build_brain3d(out: SetWriter) -> tuple[dict, str]:
+    vols, label, affine2, paths = mni_2mm()
     nz = np.argwhere(vols["t1"] > 0)
     lo, hi = np.maximum(nz.min(0) - 2, 0), np.minimum(nz.max(0) + 3, label.shape)
     mid_x = int(round(np.linalg.solve(affine2, [0.0, 0.0, 0.0, 1.0])[0]))  # voxel on x = 0 mm
@@ -361,13 +376,30 @@ def _build_brain3d(out: SetWriter) -> tuple[dict, str]:
     return datalist, provenance
 
 
-def _build_unlabelled2d(out: SetWriter) -> tuple[dict, str]:
+def skimage_sources() -> tuple[dict[str, np.ndarray], dict[str, Path]]:
+    """scikit-image's bundled biomedical images as uint8 grayscale, and the files read.
+
+    Returns:
+        ``({"ihc_hematoxylin": 512x512, "retina_green": 704x704, "microaneurysms": 102x102}, paths)``: the
+        hematoxylin channel of ``ihc.png`` (``rgb2hed``, min-max scaled), the green channel of ``retina.jpg``
+        (central 1408x1408, 2x2 block mean) and ``microaneurysms.png``.
+    """
     folder = _package_dir("skimage") / "data"
     paths = {k: _source(folder / k) for k in ("ihc.png", "retina.jpg", "microaneurysms.png")}
     hematoxylin = _to_uint8(rgb2hed(imread(paths["ihc.png"])[..., :3])[..., 0])
     green = imread(paths["retina.jpg"])[1:1409, 1:1409, 1].astype(np.float32)
     green = np.round(green.reshape(704, 2, 704, 2).mean((1, 3))).astype(np.uint8)
-    micro = imread(paths["microaneurysms.png"])
+    images = {
+        "ihc_hematoxylin": hematoxylin,
+        "retina_green": green,
+        "microaneurysms": imread(paths["microaneurysms.png"]),
+    }
+    return images, paths
+
+
+def _build_unlabelled2d(out: SetWriter) -> tuple[dict, str]:
+    images, paths = skimage_sources()
+    hematoxylin, green, micro = images["ihc_hematoxylin"], images["retina_green"], images["microaneurysms"]
     grids = {
         "ihc_hematoxylin": _tiles(hematoxylin),
         "retina_green": _tiles(green),

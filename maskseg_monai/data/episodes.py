@@ -7,7 +7,9 @@ An episode is a dictionary::
      "label_objects": [1, *spatial] (0/1, every labelled object of the query, of any class)}
 
 ``label_objects`` (only without a ``transform``, i.e. for evaluation episodes) is the class-agnostic answer a
-network that ignores the support could at best give; the evaluation reports its Dice as a baseline.
+network that ignores the support could at best give; the evaluation reports its Dice as a baseline. Evaluation
+episodes also carry ``query_name`` and ``support_name`` (file name, ``:slice`` for a slice; shots joined by
+``;``) and the query's ``extra_keys`` (e.g. a body mask for the ``body`` baseline), sliced like the label.
 
 ``class`` is the label value the episode segments. With ``pairing="class"`` (labelled data, as in SG-One and
 PANet) support and query are different images (or slices) that both contain the class, and the class is drawn
@@ -33,7 +35,7 @@ from monai.transforms import LoadImage, Randomizable
 from monai.utils import look_up_option
 from torch.utils.data import Dataset
 
-__all__ = ["EpisodeDataset", "SUPPORTED_PAIRINGS", "first_item_with_class", "load_support"]
+__all__ = ["EpisodeDataset", "SUPPORTED_PAIRINGS", "first_item_with_class", "items_with_class", "load_support"]
 
 SUPPORTED_PAIRINGS = ("class", "image")
 
@@ -77,6 +79,8 @@ class EpisodeDataset(Randomizable, Dataset):
             support choices); when False every read draws a new episode (training).
         image_key: key of the images. Defaults to ``"image"``.
         label_key: key of the labels. Defaults to ``"label"``.
+        extra_keys: further ``[1, *spatial]`` keys of the query items put into evaluation episodes (no
+            ``transform``), sliced like the label, e.g. ``("body",)``.
 
     Raises:
         ValueError: when no image holds a requested class (naming it), a class has a single image in ``"class"``
@@ -97,6 +101,7 @@ class EpisodeDataset(Randomizable, Dataset):
         fixed: bool = False,
         image_key: str = "image",
         label_key: str = "label",
+        extra_keys: Sequence[str] = (),
     ) -> None:
         self.pairing = look_up_option(pairing, SUPPORTED_PAIRINGS)
         if int(shots) < 1:
@@ -112,6 +117,7 @@ class EpisodeDataset(Randomizable, Dataset):
         self.seed = int(seed)
         self.fixed = bool(fixed)
         self.image_key, self.label_key = image_key, label_key
+        self.extra_keys = tuple(extra_keys)
         self.set_random_state(seed=self.seed)
         self.entries, self.by_class = self._index()
         wanted = sorted(self.by_class) if classes is None or self.pairing == "image" else [int(c) for c in classes]
@@ -176,6 +182,13 @@ class EpisodeDataset(Randomizable, Dataset):
         view = {self.image_key: image, self.label_key: (label == cls).to(torch.float32)}
         if self.transform is None:
             view[f"{self.label_key}_objects"] = (label > 0).to(torch.float32)
+            name = os.path.basename(_label_name(item, self.image_key, i))
+            view["name"] = name if s is None else f"{name}:{s}"
+            for key in self.extra_keys:
+                if key not in item:
+                    raise KeyError(f"{_label_name(item, self.image_key, i)}: the item has no '{key}' (extra_keys).")
+                extra = _plain(item[key])
+                view[key] = (extra if s is None else extra.select(axis, s)).to(torch.float32)
             return view
         for _ in range(_TRIES):  # a random crop may miss a small object; a support must keep some of it
             if hasattr(self.transform, "set_random_state"):
@@ -213,7 +226,15 @@ class EpisodeDataset(Randomizable, Dataset):
             f"support_{self.image_key}": torch.stack([torch.as_tensor(v[self.image_key]) for v in supports]),
             f"support_{self.label_key}": torch.stack([torch.as_tensor(v[self.label_key]) for v in supports]),
             "class": cls,
-            **({f"{self.label_key}_objects": q[f"{self.label_key}_objects"]} if self.transform is None else {}),
+            **(self._evaluation_keys(q, supports) if self.transform is None else {}),
+        }
+
+    def _evaluation_keys(self, query: dict, supports: list[dict]) -> dict:
+        return {
+            f"{self.label_key}_objects": query[f"{self.label_key}_objects"],
+            "query_name": query["name"],
+            "support_name": ";".join(v["name"] for v in supports),
+            **{key: query[key] for key in self.extra_keys},
         }
 
 
@@ -268,14 +289,23 @@ def load_support(
     return img, mask.to(torch.float32)
 
 
+def items_with_class(items: Sequence[dict], cls: int, label_key: str = "label") -> list[dict]:
+    """The datalist items whose label file holds ``cls``, in order (the demo's support and queries).
+
+    Raises:
+        ValueError: when no item holds the class.
+    """
+    loader = LoadImage(image_only=True)
+    found = [item for item in items if bool((torch.as_tensor(loader(item[label_key])) == int(cls)).any())]
+    if not found:
+        raise ValueError(f"no item of the datalist ({len(items)} items) holds class {cls} in '{label_key}'.")
+    return found
+
+
 def first_item_with_class(items: Sequence[dict], cls: int, label_key: str = "label") -> dict:
     """The first datalist item whose label file holds ``cls`` (to pick a demo support).
 
     Raises:
         ValueError: when no item holds the class.
     """
-    loader = LoadImage(image_only=True)
-    for item in items:
-        if bool((torch.as_tensor(loader(item[label_key])) == int(cls)).any()):
-            return item
-    raise ValueError(f"no item of the datalist ({len(items)} items) holds class {cls} in '{label_key}'.")
+    return items_with_class(items, cls, label_key)[0]

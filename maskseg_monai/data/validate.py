@@ -78,6 +78,19 @@ def datalist_labels(path: str | os.PathLike) -> dict:
     return labels
 
 
+def datalist_class_sets(path: str | os.PathLike) -> dict[str, list[int]]:
+    """The ``class_sets`` table of a datalist (``{"brain_tissue": [1, 2], ...}``: classes scored together as one
+    task by the one-shot evaluation), ``{}`` when it has none; errors name the file."""
+    sets = _read_datalist_json(path).get("class_sets", {})
+    ok = isinstance(sets, dict) and all(
+        isinstance(v, list) and v and all(isinstance(c, int) and not isinstance(c, bool) for c in v)
+        for v in sets.values()
+    )
+    if not ok:
+        raise BadInputError(f"{path}: 'class_sets' must map set names to non-empty lists of integer label values.")
+    return {str(k): list(v) for k, v in sets.items()}
+
+
 #: key of an item :class:`SkippingDataset` could not prepare; holds ``"<file>: <problem>"``
 FAILED_KEY = "failed"
 

@@ -108,7 +108,7 @@ def run_settings(
     return settings
 
 
-_SCORE_PREFIXES = ("dice", "f1", "precision", "recall", "val_dice")
+_SCORE_PREFIXES = ("dice", "f1", "precision", "recall", "val_dice", "gain_over_best_baseline")
 
 
 def format_value(value: Any, column: str) -> str:

@@ -10,6 +10,7 @@ from maskseg_monai.handlers.checkpoint import (
     RNGState,
     find_resume_checkpoint,
 )
+from maskseg_monai.handlers.degenerate import DegeneratePredictionWarning, degenerate_mask
 from maskseg_monai.handlers.freeze_encoder import FreezeEncoderHandler
 from maskseg_monai.handlers.inference_report import InferenceReport
 from maskseg_monai.handlers.mask_ratio import MaskRatioScheduler
@@ -21,6 +22,7 @@ __all__ = [
     "InferenceReport",
     "AtomicCheckpointSaver",
     "CheckedCheckpointLoader",
+    "DegeneratePredictionWarning",
     "FreezeEncoderHandler",
     "MaskRatioScheduler",
     "OneShotMetricsSaver",
@@ -30,6 +32,7 @@ __all__ = [
     "ReconstructionSaver",
     "ResumeHandler",
     "SegmentationMetricsSaver",
+    "degenerate_mask",
     "find_resume_checkpoint",
     "save_reconstruction",
 ]

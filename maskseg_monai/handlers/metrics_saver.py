@@ -7,10 +7,14 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from monai.handlers import from_engine
 from monai.metrics import compute_dice
+from monai.utils import look_up_option
 
+from maskseg_monai.handlers.degenerate import degenerate_mask
+from maskseg_monai.metrics.oneshot_baselines import SUPPORTED_ONESHOT_BASELINES, oneshot_baselines
 from maskseg_monai.metrics.segmentation import (
     SIZE_THRESHOLDS,
     evaluate_segmentation,
@@ -140,6 +144,19 @@ class OneShotMetricsSaver(SegmentationMetricsSaver):
             ``dice_all_objects_baseline``, the Dice a support-blind "segment every object" answer would score.
         class_names: ``{value: name}`` for the rows of ``metrics_per_class.csv``; unnamed classes keep their value.
         size_thresholds, iou_threshold, connectivity: as for :class:`SegmentationMetricsSaver`.
+        baselines: support-aware baselines scored on every episode as ``dice_<name>_baseline``
+            (:mod:`maskseg_monai.metrics.oneshot_baselines`: ``otsu``, ``copy_support``, ``body``, ``all_pixels``);
+            they read the batch's ``image_key``, ``support_<image_key>``, ``support_label`` and ``body_key``.
+        body_key: batch key of the query's body/tissue mask (baseline ``body``). Defaults to ``"body"``.
+        class_sets: ``{set name: [class values]}``; when given, ``metrics_per_set.csv`` holds, per set, the mean
+            over its classes of the model's Dice and of each baseline, the best baseline and the model's gain over
+            it (a set is one real task, e.g. the brain tissue classes).
+        image_key: batch key of the query images. Defaults to ``"image"``.
+        name_key: batch key of the query's name (e.g. its file), used in warnings. Defaults to ``"query_name"``.
+
+    Predictions that are empty or cover the whole query are logged as warnings naming the query and the class:
+    they mean the model answered without using the support (an empty mask has Dice 0 on a query that holds the
+    class).
     """
 
     def __init__(
@@ -151,13 +168,27 @@ class OneShotMetricsSaver(SegmentationMetricsSaver):
         size_thresholds: Sequence[int] = SIZE_THRESHOLDS,
         iou_threshold: float = 0.5,
         connectivity: int = 1,
+        baselines: Sequence[str] = (),
+        body_key: str = "body",
+        class_sets: dict | None = None,
+        image_key: str = "image",
+        name_key: str = "query_name",
     ) -> None:
         super().__init__(
-            save_dir, size_thresholds=size_thresholds, iou_threshold=iou_threshold, connectivity=connectivity
+            save_dir,
+            image_key=image_key,
+            size_thresholds=size_thresholds,
+            iou_threshold=iou_threshold,
+            connectivity=connectivity,
         )
         self.class_key = class_key
         self.baseline_key = baseline_key
         self.class_names = {str(k): str(v) for k, v in (class_names or {}).items()}
+        for name in baselines:
+            look_up_option(name, SUPPORTED_ONESHOT_BASELINES)
+        self.baselines = tuple(baselines)
+        self.body_key, self.name_key = body_key, name_key
+        self.class_sets = {str(k): [int(c) for c in v] for k, v in (class_sets or {}).items()}
         self.classes: list[int] = []
 
     def reset(self, engine: Engine | None = None) -> None:
@@ -184,6 +215,46 @@ class OneShotMetricsSaver(SegmentationMetricsSaver):
             dice = compute_dice(objects, target, ignore_empty=False).flatten().tolist()
             for row, d in zip(self.rows[n:], dice):
                 row["dice_all_objects_baseline"] = d
+        if self.baselines:
+            self._score_baselines(engine, items, n)
+        self._warn_degenerate(engine, items, n)
+
+    def _score_baselines(self, engine: Engine, items: list, n: int) -> None:
+        """Dice of every baseline's answer to the batch's episodes, into the rows from ``n``."""
+        _, y = self.output_transform(engine.state.output)
+        target = torch.stack([torch.as_tensor(t)[1:2] for t in y]).float().cpu()
+
+        decollated = isinstance(engine.state.batch, list)  # items are single episodes, else batches
+
+        def cat(key: str) -> torch.Tensor | None:
+            if not all(key in b for b in items):
+                return None
+            parts = [torch.as_tensor(b[key]) for b in items]
+            return (torch.stack(parts) if decollated else torch.cat(parts)).float().cpu()
+
+        query, support, support_mask = cat(self.image_key), cat(f"support_{self.image_key}"), cat("support_label")
+        if query is None or support is None or support_mask is None:
+            raise KeyError(
+                f"one-shot baselines need the batch keys '{self.image_key}', 'support_{self.image_key}' and "
+                "'support_label' (episodes of maskseg_monai.data.episodes.EpisodeDataset)."
+            )
+        masks = oneshot_baselines(self.baselines, query, support, support_mask, cat(self.body_key))
+        for name, mask in masks.items():
+            dice = compute_dice(mask, target, ignore_empty=False).flatten().tolist()
+            for row, d in zip(self.rows[n:], dice):
+                row[f"dice_{name}_baseline"] = d
+
+    def _warn_degenerate(self, engine: Engine, items: list, n: int) -> None:
+        """Warn, naming the query, about empty and all-foreground predictions of the batch."""
+        y_pred, _ = self.output_transform(engine.state.output)
+        names = [x for b in items for x in _as_list(b.get(self.name_key))] if items else []
+        for j, pred in enumerate(y_pred):
+            what = degenerate_mask(torch.as_tensor(pred)[1] > 0)
+            if what:
+                query = names[j] if j < len(names) else self.ids[n + j]
+                logger.warning(
+                    f"{self.ids[n + j]}: the prediction for query {query} (class {self.classes[n + j]}) is {what}."
+                )
 
     def per_class(self) -> dict[int, dict[str, float]]:
         """NaN-ignoring mean metrics of each class, with ``n_episodes``."""
@@ -199,6 +270,8 @@ class OneShotMetricsSaver(SegmentationMetricsSaver):
         per_class = self.per_class()
         names = [self.class_names.get(str(c), str(c)) for c in per_class]
         write_metrics_csv(list(per_class.values()), os.path.join(self.save_dir, "metrics_per_class.csv"), names)
+        if self.class_sets:
+            self._write_sets(per_class)
         means = summarize_metrics([{k: v for k, v in r.items() if k != "n_episodes"} for r in per_class.values()])
         summary = {"mean_dice_over_classes": means.get("dice", float("nan")), "n_episodes": len(self.rows)}
         summary.update({f"mean_{k}": v for k, v in means.items() if k != "dice"})
@@ -216,3 +289,49 @@ class OneShotMetricsSaver(SegmentationMetricsSaver):
             )
             + f"; CSV files in {self.save_dir}"
         )
+
+    def per_set(self, per_class: dict[int, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
+        """Per class set: mean over its classes of the model's Dice and of each baseline's, the best baseline and
+        the model's gain over it (classes of a set without episodes are left out of its means)."""
+        per_class = self.per_class() if per_class is None else per_class
+        out = {}
+        for name, classes in self.class_sets.items():
+            rows = [per_class[c] for c in classes if c in per_class]
+            if not rows:
+                continue
+            keys = ["dice"] + [f"dice_{b}_baseline" for b in self.baselines]  # all-objects: the label itself when
+            # a set's images hold one class, so not a baseline to beat
+            means = {k: float(np.mean([r[k] for r in rows])) for k in keys if all(k in r for r in rows)}
+            base = {k: v for k, v in means.items() if k != "dice"}
+            row = {**means, "n_classes": len(rows), "n_episodes": int(sum(r["n_episodes"] for r in rows))}
+            if base:
+                best = max(base, key=base.get)
+                row.update(best_baseline=best[len("dice_") : -len("_baseline")], best_baseline_dice=base[best])
+                row["gain_over_best_baseline"] = means["dice"] - base[best]
+            out[name] = row
+        return out
+
+    def _write_sets(self, per_class: dict[int, dict[str, float]]) -> None:
+        sets = self.per_set(per_class)
+        path = os.path.join(self.save_dir, "metrics_per_set.csv")
+        columns = list(dict.fromkeys(k for r in sets.values() for k in r))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.write(",".join(["set", *columns]) + "\n")
+                for name, r in sets.items():
+                    f.write(",".join([name, *(str(r.get(c, "")) for c in columns)]) + "\n")
+
+        atomic_write(path, write)
+        for name, r in sets.items():
+            if "best_baseline" in r:
+                logger.info(
+                    f"one-shot set {name}: Dice {r['dice']:.4f}, best baseline {r['best_baseline']} "
+                    f"{r['best_baseline_dice']:.4f}, gain {r['gain_over_best_baseline']:+.4f}"
+                )
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]

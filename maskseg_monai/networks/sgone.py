@@ -6,23 +6,62 @@ import os
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv
 from monai.utils import look_up_option
 from torch import nn
 
 from maskseg_monai.networks.backbones import CNNBackbone, OneShotBackbone, ViTBackbone
+from maskseg_monai.networks.blocks.prototypes import SUPPORTED_PROTOTYPES, AdaptiveLocalPrototypePooling, Prototypes
 from maskseg_monai.networks.blocks.similarity import CosineSimilarityGuidance, MaskedAveragePooling, resize_to
 from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
 from maskseg_monai.networks.transfer import TransferReport, load_pretrained_encoder
 from maskseg_monai.utils import as_bool
 
-__all__ = ["SGOne", "SUPPORTED_BACKBONES"]
+__all__ = ["SGOne", "SUPPORTED_BACKBONES", "build_backbone"]
 
 SUPPORTED_BACKBONES = ("cnn", "vit")
 # attribute, hence state-dict prefix, of each built-in backbone (``cnn.*``, ``vit.*``: the keys of earlier
 # checkpoints); any other backbone module is ``backbone.*``
 _BACKBONE_ATTRS = ((CNNBackbone, "cnn"), (ViTBackbone, "vit"))
+
+
+def build_backbone(
+    name: str,
+    in_channels: int,
+    spatial_dims: int,
+    channels: Sequence[int] = (32, 64, 128, 128, 128),
+    output_stride: int = 4,
+    norm: str | tuple | None = "batch",
+    img_size: Sequence[int] | int = 64,
+    patch_size: Sequence[int] | int = 8,
+    hidden_size: int = 192,
+    mlp_dim: int = 768,
+    num_layers: int = 6,
+    num_heads: int = 6,
+    pos_embed_type: str = "learnable",
+    use_flash_attention: bool = True,
+) -> CNNBackbone | ViTBackbone:
+    """The built-in backbone ``name`` (``"cnn"`` or ``"vit"``) from SG-One's backbone arguments (see :class:`SGOne`).
+
+    Raises:
+        ValueError: for another name or bad CNN/ViT arguments.
+    """
+    if look_up_option(name, SUPPORTED_BACKBONES) == "cnn":
+        return CNNBackbone(spatial_dims, in_channels, channels, output_stride, norm)
+    return ViTBackbone(
+        in_channels,
+        img_size,
+        patch_size,
+        hidden_size=hidden_size,
+        mlp_dim=mlp_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        pos_embed_type=pos_embed_type,
+        spatial_dims=spatial_dims,
+        use_flash_attention=as_bool(use_flash_attention, "use_flash_attention"),
+    )
 
 
 class SGOne(nn.Module):
@@ -44,6 +83,22 @@ class SGOne(nn.Module):
     everywhere and the multiplicative path passes them too little gradient to become class-specific (on synthetic
     many-class scenes the Dice on seen classes stayed at the level of the all-objects mask after 1,500 steps, and
     reached 0.95 within 400 steps with the shortcut).
+
+    Local prototypes (``prototype="local"``; SSL-ALPNet, Ouyang et al., ECCV 2020): the shortcut's foreground and
+    background similarities become the class scores of adaptive local prototype pooling
+    (:class:`~maskseg_monai.networks.blocks.AdaptiveLocalPrototypePooling` on the guidance features: windows of
+    ``local_window`` cells whose mask or background fraction reaches ``local_threshold``, plus the global foreground
+    prototype, a soft maximum over each class's ``local_scale * cos``), divided by ``local_scale`` so that they stay in
+    cosine units. The multiplicative path keeps SG-One's global guidance map, so the network is still SG-One's and
+    only the shortcut sees the local prototypes: a background made of several distinct tissues, whose mean may look
+    like the target, is then matched part by part. ``"global"`` (the default) is the network as before, bit for bit.
+
+    Prototype alignment (``align_weight > 0``; PANet, Wang et al., ICCV 2019): in training mode, the query's argmax
+    prediction becomes a support that segments each support image (:meth:`alignment_loss`); the cross-entropy
+    against the support masks, times ``align_weight``, is stored in :attr:`auxiliary_loss` (a tensor; None in eval
+    mode or with ``align_weight=0``, reset by every forward). ``forward`` still returns only the query's logits, as
+    MONAI's ``SupervisedTrainer`` expects; :class:`~maskseg_monai.losses.AuxiliaryLossWrapper` adds the term to the
+    loss. Neither option adds parameters: checkpoints load into either setting.
 
     Backbones (:mod:`~maskseg_monai.networks.backbones`): ``"cnn"``, a :class:`CNNBackbone` (VGG-style, trained
     from scratch or from our own SG-One checkpoints; nothing is downloaded), ``"vit"``, a :class:`ViTBackbone` (our
@@ -76,10 +131,21 @@ class SGOne(nn.Module):
         num_heads: ViT heads. Defaults to 6.
         pos_embed_type: ViT position embedding, ``"sincos"`` or ``"learnable"``. Defaults to ``"learnable"``.
         use_flash_attention: fused attention in the ViT. Defaults to True.
+        prototype: the shortcut's prototypes, ``"global"`` (one per class, masked average pooling) or ``"local"``
+            (SSL-ALPNet's adaptive local prototypes; needs ``guidance_logit_scale > 0``). Defaults to ``"global"``.
+        local_window: ALP window in guidance-feature cells, int or per axis (SSL-ALPNet: 4 on a 32 x 32 map in
+            training, 2 at test). Defaults to 4.
+        local_threshold: least mask (or background) fraction of a window that makes it a local prototype, in
+            (0, 1]. Defaults to 0.95.
+        local_scale: ALP's similarity scale (SSL-ALPNet: 20). Defaults to 20.
+        align_weight: weight of PANet's prototype-alignment loss, computed in training mode only; 0 turns it off.
+            Defaults to 0.
 
     Raises:
         ValueError: for an unknown backbone name, bad CNN/ViT arguments, or a backbone module without the
-            :class:`OneShotBackbone` interface or of another ``spatial_dims``/``in_channels``.
+            :class:`OneShotBackbone` interface or of another ``spatial_dims``/``in_channels``; for an unknown
+            ``prototype``, ``"local"`` with ``guidance_logit_scale=0``, bad ``local_*`` values or a negative
+            ``align_weight``.
 
     Example::
 
@@ -113,6 +179,11 @@ class SGOne(nn.Module):
         num_heads: int = 6,
         pos_embed_type: str = "learnable",
         use_flash_attention: bool = True,
+        prototype: str = "global",
+        local_window: Sequence[int] | int = 4,
+        local_threshold: float = 0.95,
+        local_scale: float = 20.0,
+        align_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -120,22 +191,36 @@ class SGOne(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.guidance_logit_scale = float(guidance_logit_scale)
+        self.prototype_mode = look_up_option(prototype, SUPPORTED_PROTOTYPES)
+        """``"global"`` or ``"local"``: where the guidance shortcut's similarities come from."""
+        if self.prototype_mode == "local" and not self.guidance_logit_scale:
+            raise ValueError(
+                "prototype='local' acts through the guidance shortcut, but guidance_logit_scale is 0; give "
+                "guidance_logit_scale > 0 (e.g. 10) or use prototype='global'."
+            )
+        if not float(align_weight) >= 0:
+            raise ValueError(f"align_weight must be >= 0, got {align_weight}.")
+        self.align_weight = float(align_weight)
+        self.local_scale = float(local_scale)
+        # validated before any module is built, so that a bad key fails fast; no parameters, no state-dict keys
+        alp = AdaptiveLocalPrototypePooling(local_window, local_threshold, local_scale, resize=map_resize)
         if isinstance(backbone, str):
-            if look_up_option(backbone, SUPPORTED_BACKBONES) == "cnn":
-                backbone = CNNBackbone(spatial_dims, in_channels, channels, output_stride, norm)
-            else:
-                backbone = ViTBackbone(
-                    in_channels,
-                    img_size,
-                    patch_size,
-                    hidden_size=hidden_size,
-                    mlp_dim=mlp_dim,
-                    num_layers=num_layers,
-                    num_heads=num_heads,
-                    pos_embed_type=pos_embed_type,
-                    spatial_dims=spatial_dims,
-                    use_flash_attention=as_bool(use_flash_attention, "use_flash_attention"),
-                )
+            backbone = build_backbone(
+                backbone,
+                in_channels,
+                spatial_dims,
+                channels,
+                output_stride,
+                norm,
+                img_size,
+                patch_size,
+                hidden_size,
+                mlp_dim,
+                num_layers,
+                num_heads,
+                pos_embed_type,
+                use_flash_attention,
+            )
         self._check_backbone(backbone)
         self.backbone_attr = next((a for cls, a in _BACKBONE_ATTRS if isinstance(backbone, cls)), "backbone")
         """Attribute holding the backbone module: ``"cnn"``, ``"vit"`` or ``"backbone"``."""
@@ -156,6 +241,10 @@ class SGOne(nn.Module):
             Convolution(spatial_dims, seg_channels, seg_channels, kernel_size=3, act="RELU", norm=None),
             conv(seg_channels, 2, kernel_size=1),
         )
+        self.alp = alp if self.prototype_mode == "local" else None
+        self.auxiliary_loss: torch.Tensor | None = None
+        """PANet's alignment loss of the last forward, times ``align_weight`` (training with ``align_weight > 0``);
+        None otherwise. Reset by every forward; :class:`~maskseg_monai.losses.AuxiliaryLossWrapper` adds it."""
 
     def _check_backbone(self, backbone: nn.Module) -> None:
         """Raise a ``ValueError`` when a backbone lacks the :class:`OneShotBackbone` interface or does not fit."""
@@ -228,8 +317,54 @@ class SGOne(nn.Module):
         mask = support_mask.to(feats.dtype)
         return self.pool(feats, mask), self.pool_background(feats, 1.0 - mask) if background else None
 
+    def _support_terms(
+        self, guide: torch.Tensor, mask: torch.Tensor, allow_empty: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | Prototypes | None]:
+        """What the query needs of a support: the global prototype ``[B, C]`` (the multiplicative guidance) and the
+        shortcut's background prototype ``[B, C]`` (``"global"``; None without shortcut) or ALP's
+        :class:`Prototypes` (``"local"``).
+
+        Args:
+            guide: guidance features of the support ``[B, K, C, *spatial_f]``.
+            mask: ``[B, K, 1, *spatial]``, in the features' dtype.
+            allow_empty: zero foreground prototypes for empty masks (PANet's alignment, on predicted masks).
+        """
+        proto = (self.pool_background if allow_empty else self.pool)(guide, mask)
+        if self.prototype_mode == "local":
+            return proto, self.alp.prototypes(guide, mask, allow_empty=allow_empty)
+        return proto, self.pool_background(guide, 1.0 - mask) if self.guidance_logit_scale else None
+
+    def _segment(
+        self,
+        feats: list[torch.Tensor],
+        guide: torch.Tensor,
+        proto: torch.Tensor,
+        extra: torch.Tensor | Prototypes | None,
+        size: Sequence[int],
+    ) -> torch.Tensor:
+        """Two-class logits ``[N, 2, *size]`` of images given by their backbone maps ``feats`` and guidance features
+        ``guide`` ``[N, C, *spatial_f]``, with a support's terms (:meth:`_support_terms`) of batch N or 1."""
+        guidance = self.similarity(guide, proto)
+        side = self.fuse(torch.cat([s(resize_to(f, guide.shape[2:])) for s, f in zip(self.side, feats)], dim=1))
+        logits = self.head(side * guidance)
+        if self.guidance_logit_scale:
+            if self.prototype_mode == "local":
+                # ALP's class scores are scale * (soft maximum of the cosines): divided by local_scale they are in
+                # cosine units, as in the global shortcut, so guidance_logit_scale keeps its meaning and local_scale
+                # only sets how sharply each class picks its best-matching prototype
+                scores = self.alp.scores(guide, extra)
+                difference = (scores[:, 1:] - scores[:, :1]) / self.local_scale
+            else:
+                difference = guidance - self.similarity(guide, extra)
+            shortcut = 0.5 * self.guidance_logit_scale * difference
+            logits = logits + torch.cat([-shortcut, shortcut], dim=1)
+        return resize_to(logits, size)
+
     def forward(self, x: torch.Tensor, support_image: torch.Tensor, support_mask: torch.Tensor) -> torch.Tensor:
         """Segment the support's class in the query.
+
+        In training mode with ``align_weight > 0``, also computes PANet's prototype-alignment loss into
+        :attr:`auxiliary_loss` (see :meth:`alignment_loss`); the return value is the query's logits either way.
 
         Args:
             x: query images ``[B, C, *spatial]``.
@@ -240,21 +375,69 @@ class SGOne(nn.Module):
         Returns:
             logits ``[B, 2, *spatial]`` (channel 1: the support's class).
         """
+        if self.auxiliary_loss is not None or self.training:
+            self.auxiliary_loss = None
         self._check("query image", x, self.in_channels, self.spatial_dims + 2)
-        proto, proto_bg = self._prototypes(
-            *self._check_support(support_image, support_mask), background=bool(self.guidance_logit_scale)
-        )
+        support_image, support_mask = self._check_support(support_image, support_mask)
+        b, k = support_image.shape[:2]
+        support_feats = self._encode(support_image.flatten(0, 1))
+        support_guide = self.guide(support_feats[-1])
+        mask = support_mask.to(support_guide.dtype)
+        proto, extra = self._support_terms(support_guide.unflatten(0, (b, k)), mask)
         if proto.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"support batch {proto.shape[0]} must be 1 or the query batch {x.shape[0]}.")
         feats = self._encode(x)
         guide = self.guide(feats[-1])
-        guidance = self.similarity(guide, proto)
-        side = self.fuse(torch.cat([s(resize_to(f, guide.shape[2:])) for s, f in zip(self.side, feats)], dim=1))
-        logits = self.head(side * guidance)
-        if self.guidance_logit_scale:
-            shortcut = 0.5 * self.guidance_logit_scale * (guidance - self.similarity(guide, proto_bg))
-            logits = logits + torch.cat([-shortcut, shortcut], dim=1)
-        return resize_to(logits, x.shape[2:])
+        logits = self._segment(feats, guide, proto, extra, x.shape[2:])
+        if self.training and self.align_weight > 0:
+            self.auxiliary_loss = self.align_weight * self.alignment_loss(
+                logits, guide, support_feats, support_guide, mask
+            )
+        return logits
+
+    def alignment_loss(
+        self,
+        logits: torch.Tensor,
+        guide: torch.Tensor,
+        support_feats: list[torch.Tensor],
+        support_guide: torch.Tensor,
+        support_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """PANet's prototype-alignment loss (Wang et al., ICCV 2019, Sec. 3.4): the query, with its predicted mask as
+        the support, segments each support image; cross-entropy against the support masks.
+
+        The query's argmax mask (no gradient, as in PANet's training) becomes the support mask; its prototypes come
+        from the query's guidance features (with gradient), and each support shot is segmented by the same head as
+        the query. Queries whose predicted foreground is empty are left out (PANet skips them); the loss is 0 when
+        all are.
+
+        Args:
+            logits: the query's logits ``[B, 2, *spatial]``.
+            guide: the query's guidance features ``[B, C, *spatial_f]``.
+            support_feats: the supports' backbone maps, ``[B_s * K, C_i, *spatial_i]`` (``B_s`` is B or 1).
+            support_guide: the supports' guidance features ``[B_s * K, C, *spatial_fs]``.
+            support_mask: ``[B_s, K, 1, *spatial_s]``.
+
+        Returns:
+            the mean (over kept queries and their shots) cross-entropy, a scalar tensor (not times ``align_weight``).
+        """
+        b, (b_s, k) = logits.shape[0], support_mask.shape[:2]
+        pred = logits.detach().argmax(1, keepdim=True).to(guide.dtype)  # [B, 1, *spatial]
+        kept = (pred.flatten(1).amax(1) > 0).to(logits.dtype).repeat_interleave(k)  # [B * K]
+        proto, extra = self._support_terms(guide[:, None], pred[:, None], allow_empty=True)
+        proto = proto.repeat_interleave(k, 0)
+        if isinstance(extra, Prototypes):
+            extra = extra.repeat_interleave(k)
+        elif extra is not None:
+            extra = extra.repeat_interleave(k, 0)
+        if b_s != b:  # one support shared by every query: segment it once per query
+            support_feats = [f.repeat(b, *([1] * (f.ndim - 1))) for f in support_feats]
+            support_guide = support_guide.repeat(b, *([1] * (support_guide.ndim - 1)))
+            support_mask = support_mask.expand(b, *support_mask.shape[1:])
+        target = support_mask.flatten(0, 1)  # [B * K, 1, *spatial_s]
+        pred_s = self._segment(support_feats, support_guide, proto, extra, target.shape[2:])
+        ce = F.cross_entropy(pred_s, (target[:, 0] > 0.5).long(), reduction="none").flatten(1).mean(1)
+        return (ce * kept).sum() / kept.sum().clamp_min(1.0)
 
     def load_encoder(self, path_or_state: str | os.PathLike | Mapping, **kwargs) -> TransferReport:
         """Load a pretrained ViT encoder (MAE/AMLP ``encoder.pt`` or checkpoint) into a ViT backbone.

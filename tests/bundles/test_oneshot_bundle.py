@@ -20,6 +20,8 @@ from maskseg_monai.data.synthetic import blood_smear_scene
 CONFIGS = REPO / "bundles" / "oneshot" / "configs"
 SMALL = ["--channels", "[8,16,16,16,16]", "--seg_channels", "16"]
 SHORT = ["--epochs", "2", "--episodes_per_epoch", "16", "--val_episodes", "8", "--val_interval", "1", *SMALL]
+# the labelled-fold mode on the synthetic textures (the default trains on real images without labels)
+LABELLED = ["--demo_set", "textures2d", "--episodes", "labelled", "--class_folds", "[[2,4,6,8,10,12],[1,3,5,7,9,11]]"]
 
 
 def bundle(*args: str, configs: tuple[str, ...] = ("train.json",)) -> subprocess.CompletedProcess:
@@ -37,9 +39,9 @@ def test_metadata_has_required_fields():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, str]:
-    """Episodic training on the built-in demo (textures2d, fold 0: odd classes trained, even held out)."""
+    """Labelled episodic training on the textures demo (fold 0: odd classes trained, even held out)."""
     root = tmp_path_factory.mktemp("oneshot")
-    log = ok(bundle("run", "training", "--bundle_root", str(root), *SHORT))
+    log = ok(bundle("run", "training", "--bundle_root", str(root), *LABELLED, *SHORT))
     return root, log
 
 
@@ -56,16 +58,27 @@ def test_labelled_training_writes_models_and_validates_on_held_out_classes(train
     assert "guide.weight" in state and "cnn.blocks.0.0.conv.weight" in state
 
 
-def test_superpixel_training_needs_no_labels(tmp_path):
-    log = ok(bundle("run", "training", "--bundle_root", str(tmp_path), "--episodes", "superpixel", "--fold", "1",
-                    "--demo_set", "bloodsmear2d", "--class_folds", "[[1],[2],[3],[4]]", *SHORT))  # fmt: skip
-    assert "held-out classes [2] (training uses superpixel pseudo-classes, no labels)" in log
-    assert len(epoch_metric(log, "train_loss")) == 2 and (tmp_path / "models" / "model.pt").is_file()
+def test_default_training_on_real_images_without_labels_and_evaluation_against_baselines(tmp_path):
+    """The default: pseudo-classes of real images (no labels); evaluation on real classes next to baselines."""
+    log = ok(bundle("run", "training", "--bundle_root", str(tmp_path), *SHORT))
+    assert "held-out classes [1, 2, 3] (training uses superpixel pseudo-classes, no labels)" in log
+    assert len(epoch_metric(log, "train_loss")) == 2 and (tmp_path / "models" / "model_final.pt").is_file()
+    log = ok(bundle("run", "evaluating", "--bundle_root", str(tmp_path), "--eval_episodes", "24", *SMALL,
+                    "--eval_checkpoint", "model_final.pt", configs=("train.json", "evaluate.json")))  # fmt: skip
+    sets = {r["set"]: r for r in csv.DictReader(open(tmp_path / "eval" / "metrics_per_set.csv"))}
+    assert set(sets) == {"brain_tissue", "nuclei"}
+    for row in sets.values():
+        base = {k: float(v) for k, v in row.items() if k.startswith("dice_") and k.endswith("_baseline")}
+        assert set(base) == {f"dice_{b}_baseline" for b in ("otsu", "copy_support", "all_pixels", "body")}
+        assert float(row["best_baseline_dice"]) == max(base.values())
+        assert float(row["gain_over_best_baseline"]) == pytest.approx(float(row["dice"]) - max(base.values()))
+    assert float(sets["nuclei"]["dice_otsu_baseline"]) > 0.8  # bright nuclei on a dark background
+    assert "one-shot set brain_tissue: Dice" in log
 
 
 def test_evaluate_writes_per_class_and_per_episode_csv(trained):
     root, _ = trained
-    log = ok(bundle("run", "evaluating", "--bundle_root", str(root), "--eval_episodes", "30", *SMALL,
+    log = ok(bundle("run", "evaluating", "--bundle_root", str(root), "--eval_episodes", "30", *SMALL, *LABELLED,
                     configs=("train.json", "evaluate.json")))  # fmt: skip
     assert "one-shot Dice over 30 episodes" in log
     per_class = list(csv.DictReader(open(root / "eval" / "metrics_per_class.csv")))
@@ -83,10 +96,11 @@ def test_inference_on_demo_writes_masks_with_query_geometry(trained):
     out = root / "demo_out"
     log = ok(bundle("run", "inference", "--bundle_root", str(root), "--output_dir", str(out), *SMALL,
                     configs=("inference.json",)))  # fmt: skip
-    assert "one-shot support: scene_" in log
+    assert "one-shot support: mni152_axial_" in log and "class 2" in log  # white matter of the first axial slice
     masks = sorted(out.glob("*_seg.png"))
-    assert len(masks) == 23  # 24 validation scenes, one is the support
-    query = root / "demo_data" / "textures2d" / "images" / masks[0].name.replace("_seg", "")
+    axial = sorted((root / "demo_data" / "oneshot_real2d" / "images" / "eval").glob("mni152_axial_*.png"))
+    assert len(masks) == len(axial) - 1  # every other slice holding white matter; not the nuclei tiles
+    query = axial[1].parent / masks[0].name.replace("_seg", "")
     assert np.asarray(Image.open(masks[0])).shape == np.asarray(Image.open(query)).shape
     assert set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 1}
 

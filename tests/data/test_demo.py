@@ -32,6 +32,7 @@ EXPECTED = {
     "unlabelled2d": ((64, 64), 1, 150, 15, {"image"}),
     "ct3d": ((16, 16, 5), 1, 1, 1, {"image", "label", "image_dicom"}),
     "textures2d": ((64, 64), 1, 96, 24, {"image", "label"}),
+    "oneshot_real2d": (None, 1, 75, 45, None),  # images of several sizes: test_oneshot_real2d
 }
 
 
@@ -73,6 +74,8 @@ def test_datalist_loads_and_files_exist(demo_root, loader, name):
         items = load_decathlon_datalist(path, True, split)
         split_shape = shape[split] if isinstance(shape, dict) else shape
         assert len(items) == n
+        if shape is None:
+            continue
         for item in items:
             assert set(item) == keys
             for key, file in item.items():
@@ -182,3 +185,22 @@ def test_unknown_name(tmp_path):
         materialize_demo(tmp_path, ["nuclei"])
     with pytest.raises(ValueError, match="bloodsmear2d"):
         ensure_demo_datalist(tmp_path, "blood")
+
+
+def test_oneshot_real2d_trains_unlabelled_and_evaluates_real_class_sets(demo_root, loader):
+    path = demo_root / "oneshot_real2d" / "dataset.json"
+    meta = json.loads(path.read_text())
+    assert meta["class_sets"] == {"brain_tissue": [1, 2], "nuclei": [3]}
+    assert all(set(item) == {"image"} for item in load_decathlon_datalist(path, True, "training"))
+    seen = {"brain_tissue": 0, "nuclei": 0}
+    for item in load_decathlon_datalist(path, True, "validation"):
+        assert set(item) == {"image", "label", "body"}
+        image, label, body = (loader(item[k]) for k in ("image", "label", "body"))
+        assert image.shape == label.shape == body.shape and image.shape[0] == 1
+        values = set(torch.unique(label).tolist()) - {0}
+        name = next(n for n, classes in meta["class_sets"].items() if values <= set(classes))  # one set per image
+        seen[name] += 1
+        assert set(torch.unique(body).tolist()) <= {0, 1} and bool((body[label > 0] == 1).all())  # body holds it
+    assert seen == {"brain_tissue": 29, "nuclei": 16}
+    text = (demo_root / "oneshot_real2d" / "PROVENANCE.md").read_text()
+    assert "Copyright (C) 1993-2004 Louis Collins" in text

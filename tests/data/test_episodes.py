@@ -77,6 +77,34 @@ def test_slices_of_volumes_are_2d_episodes():
     assert whole[0]["image"].shape == (1, 32, 32, 32)
 
 
+def test_evaluation_episodes_carry_names_and_extra_keys_sliced_like_the_label():
+    data = scenes(3, [1, 2], shape=(32, 32, 32))
+    for i, d in enumerate(data):
+        d["body"] = torch.arange(32.0).expand(1, 32, 32, 32) + 100 * i  # slice index + 100 * item, to find it
+    ds = EpisodeDataset(data, classes=[1, 2], num_episodes=6, slice_axis=-1, seed=0, fixed=True, extra_keys=["body"])
+    for i in range(len(ds)):
+        ep = ds[i]
+        assert ep["body"].shape == (1, 32, 32)
+        item, z = divmod(int(ep["body"][0, 0, 0]), 100)
+        assert ep["query_name"] == f"item {item}:{z}"  # plain tensors have no file name: the item index
+        torch.testing.assert_close(ep["label"], (data[item]["label"][..., z] == ep["class"]).float())
+        assert ep["support_name"].startswith("item ") and ep["support_name"] != ep["query_name"]
+    with pytest.raises(KeyError, match="has no 'mask'"):
+        EpisodeDataset(data, num_episodes=1, seed=0, fixed=True, extra_keys=["mask"])[0]
+
+
+def test_kmeans_pseudo_classes_are_appearance_classes_across_regions():
+    image = torch.full((1, 40, 40), 0.1)
+    image[:, 4:12, 4:12] = 0.9  # two separate bright squares: one appearance class
+    image[:, 28:36, 28:36] = 0.9
+    image[:, 4:12, 28:36] = 0.5  # a grey square: another
+    label = SuperpixelLabeld("image", method="kmeans", n_segments=3)({"image": image})["label"][0]
+    assert label.shape == (40, 40) and set(torch.unique(label).tolist()) == {1, 2, 3}
+    assert label[8, 8] == label[32, 32] != label[8, 32] != label[20, 20]
+    felz = SuperpixelLabeld("image")({"image": image})["label"][0]
+    assert felz[8, 8] != felz[32, 32]  # superpixels are connected regions
+
+
 def test_superpixel_episodes_are_two_views_of_one_region():
     image, _ = oneshot_scene((48, 48), 0, [1, 2, 3])
     pseudo = SuperpixelLabeld("image")({"image": torch.from_numpy(image)})

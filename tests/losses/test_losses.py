@@ -130,3 +130,34 @@ def test_amlp_loss_ill_args():
             AMLPLoss(4, **kwargs)
     with pytest.raises(ValueError, match="lesion logit"):
         AMLPLoss(4)(torch.rand(1, 2, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+def test_auxiliary_loss_wrapper_adds_the_networks_term():
+    from monai.losses import DiceCELoss
+
+    from maskseg_monai.losses import AuxiliaryLossWrapper
+    from maskseg_monai.networks import SGOne
+
+    net = SGOne(channels=(4, 8, 8, 8, 8), seg_channels=8, align_weight=1.0)
+    net.head[-1].bias.data = torch.tensor([-5.0, 5.0])  # some predicted foreground: the alignment is not skipped
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = AuxiliaryLossWrapper(dice_ce, net)
+    assert not list(loss_fn.parameters()) or all(p.data_ptr() not in {q.data_ptr() for q in net.parameters()}
+                                                  for p in loss_fn.parameters())  # fmt: skip
+    q, s, label = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)
+    label[..., 4:10, 4:10] = 1
+    pred = net(q, s, label)
+    total = loss_fn(pred, label)
+    assert net.auxiliary_loss.item() > 0
+    torch.testing.assert_close(total, dice_ce(pred, label) + net.auxiliary_loss)
+    total.backward()
+    assert net.guide.weight.grad.abs().sum() > 0
+    net.eval()
+    pred = net(q, s, label)
+    torch.testing.assert_close(loss_fn(pred, label), dice_ce(pred, label))  # eval: no alignment, loss unchanged
+    wrapped = torch.nn.Module()
+    wrapped.module = net  # DistributedDataParallel-style wrapper
+    net.auxiliary_loss = torch.tensor(0.25)
+    torch.testing.assert_close(AuxiliaryLossWrapper(dice_ce, wrapped)(pred, label), dice_ce(pred, label) + 0.25)
+    with pytest.raises(ValueError, match="callable"):
+        AuxiliaryLossWrapper("DiceCELoss", net)

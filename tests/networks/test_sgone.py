@@ -155,3 +155,104 @@ def test_short_episodic_training_segments_unseen_classes():
     mean = {k: sum(v) / len(v) for k, v in dice.items()}
     assert mean["model"] > max(mean["support_mask"], mean["everything"]) + 0.3, mean
     assert mean["model"] > mean["all_objects"] + 0.05, mean
+
+
+# --- local prototypes (SSL-ALPNet) and PANet's alignment loss ---------------------------------------------------
+
+
+def _episode(size: int = 16, k: int = 1, b: int = 2):
+    g = torch.Generator().manual_seed(0)
+    q, s = torch.rand(b, 1, size, size, generator=g), torch.rand(b, k, 1, size, size, generator=g)
+    m = torch.zeros(b, k, 1, size, size)
+    m[..., 2:10, 3:12] = 1
+    return q, s, m
+
+
+def test_global_prototype_is_the_default_network_bit_for_bit():
+    q, s, m = _episode(k=2)
+    torch.manual_seed(5)
+    default = SGOne(**SMALL)
+    torch.manual_seed(5)
+    explicit = SGOne(prototype="global", local_window=2, local_threshold=0.5, local_scale=5.0, **SMALL)
+    torch.manual_seed(5)
+    local = SGOne(prototype="local", **SMALL)
+    assert list(default.state_dict()) == list(explicit.state_dict()) == list(local.state_dict())
+    assert explicit.alp is None and explicit.auxiliary_loss is None
+    for mode in ("train", "eval"):
+        assert torch.equal(getattr(default, mode)()(q, s, m), getattr(explicit, mode)()(q, s, m))
+    local.load_state_dict(default.state_dict())  # checkpoints load into either setting
+    assert not torch.allclose(local.eval()(q, s, m), default(q, s, m))
+
+
+def test_local_prototypes_train_with_gradients():
+    from monai.losses import DiceCELoss
+
+    q, s, m = _episode(k=2)
+    label = torch.zeros(2, 1, 16, 16)
+    label[..., 4:12, 2:9] = 1
+    net = SGOne(prototype="local", local_window=2, output_stride=2, **SMALL)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    losses = []
+    for _ in range(15):
+        loss = loss_fn(net(q, s, m), label)
+        opt.zero_grad()
+        loss.backward()
+        assert net.guide.weight.grad.abs().sum() > 0
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("prototype", ["global", "local"])
+def test_alignment_loss_in_training_only(prototype):
+    q, s, m = _episode(k=2)
+    net = SGOne(prototype=prototype, align_weight=0.5, **SMALL)
+    net.head[-1].bias.data = torch.tensor([-5.0, 5.0])  # predict foreground somewhere, so no query is skipped
+    out = net(q, s, m)
+    assert out.shape == (2, 2, 16, 16)
+    aux = net.auxiliary_loss
+    assert aux.ndim == 0 and aux.item() > 0
+    aux.backward()
+    assert net.guide.weight.grad.abs().sum() > 0 and net.cnn.blocks[0][0].conv.weight.grad.abs().sum() > 0
+    # a shared support (batch 1) and one shot
+    net(q, s[:1, :1], m[:1, :1])
+    assert net.auxiliary_loss.item() > 0
+    net.eval()
+    net(q, s, m)
+    assert net.auxiliary_loss is None
+    net.train().align_weight = 0.0  # off: no alignment in training either
+    net(q, s, m)
+    assert net.auxiliary_loss is None
+
+
+def test_alignment_loss_equals_hand_computed_cross_entropy():
+    """The alignment is the query-as-support segmentation of the support, scored by cross-entropy; queries with an
+    empty predicted foreground are skipped."""
+    q, s, m = _episode(k=1)
+    net = SGOne(align_weight=2.0, **SMALL).eval()
+    logits = net(q, s, m)
+    pred = logits.argmax(1, keepdim=True).float()
+    by_hand = torch.nn.functional.cross_entropy(net(s[:, 0], q, pred), m[:, 0, 0].long())  # roles swapped
+    net.train(False)
+    feats = net._encode(s[:, 0])
+    got = net.alignment_loss(logits, net.guide(net._encode(q)[-1]), feats, net.guide(feats[-1]), m)
+    torch.testing.assert_close(got, by_hand)
+    background = torch.stack([torch.ones_like(logits[:, 0]), torch.zeros_like(logits[:, 0])], 1)
+    assert net.alignment_loss(background, net.guide(net._encode(q)[-1]), feats, net.guide(feats[-1]), m) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prototype": "mean"}, "local"),
+        ({"prototype": "local", "guidance_logit_scale": 0}, "guidance_logit_scale"),
+        ({"local_threshold": 1.5}, "threshold"),
+        ({"local_scale": 0}, "scale"),
+        ({"align_weight": -1}, "align_weight"),
+    ],
+)
+def test_prototype_ill_args(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SGOne(**{**SMALL, **kwargs})
