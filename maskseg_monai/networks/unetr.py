@@ -97,6 +97,9 @@ class UNETR(nn.Module):
         conv_block: if convolutional block is used. Defaults to True.
         res_block: if residual block is used. Defaults to True.
         dropout_rate: fraction of the input units to drop. Defaults to 0.0.
+        dropout: another name of ``dropout_rate``, the keyword MONAI Label's epistemic scoring passes to a
+            bundle's ``network_def`` (as for MONAI's ``UNet``); giving both with different values is an error.
+            Defaults to None.
         spatial_dims: number of spatial dims. Defaults to 3.
         qkv_bias: apply the bias term for the qkv linear layer in self attention block; keep True for the
             encoders our masked autoencoders pretrain. Defaults to True.
@@ -143,9 +146,13 @@ class UNETR(nn.Module):
         spatial_dims: int = 3,
         qkv_bias: bool = True,
         use_flash_attention: bool = True,
+        dropout: float | None = None,
     ) -> None:
         super().__init__()
-
+        if dropout is not None:  # the name MONAI Label's epistemic scoring sets (``network_def#dropout``)
+            if dropout_rate not in (0, 0.0) and dropout_rate != dropout:
+                raise ValueError(f"give dropout ({dropout}) or dropout_rate ({dropout_rate}), not both.")
+            dropout_rate = float(dropout)
         if not (0 <= dropout_rate <= 1):
             raise ValueError(f"dropout_rate should be between 0 and 1, got {dropout_rate}.")
         if hidden_size % num_heads != 0:

@@ -131,3 +131,13 @@ def test_bf16_autocast_forward_backward(spatial_dims):
     loss.backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_dropout_is_the_name_monai_label_epistemic_scoring_sets():
+    kw = dict(in_channels=1, out_channels=2, img_size=32, patch_size=8, hidden_size=48, mlp_dim=96, num_heads=4,
+              num_layers=4, spatial_dims=2)  # fmt: skip
+    rates = {m.p for m in UNETR(dropout=0.3, **kw).modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.3}
+    assert {m.p for m in UNETR(**kw).modules() if isinstance(m, torch.nn.Dropout)} <= {0.0}
+    with pytest.raises(ValueError, match="not both"):
+        UNETR(dropout=0.3, dropout_rate=0.1, **kw)
