@@ -313,16 +313,7 @@ class OneShotMetricsSaver(SegmentationMetricsSaver):
 
     def _write_sets(self, per_class: dict[int, dict[str, float]]) -> None:
         sets = self.per_set(per_class)
-        path = os.path.join(self.save_dir, "metrics_per_set.csv")
-        columns = list(dict.fromkeys(k for r in sets.values() for k in r))
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                f.write(",".join(["set", *columns]) + "\n")
-                for name, r in sets.items():
-                    f.write(",".join([name, *(str(r.get(c, "")) for c in columns)]) + "\n")
-
-        atomic_write(path, write)
+        write_metrics_csv(list(sets.values()), os.path.join(self.save_dir, "metrics_per_set.csv"), list(sets), "set")
         for name, r in sets.items():
             if "best_baseline" in r:
                 logger.info(

@@ -262,17 +262,21 @@ def summarize_metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 def write_metrics_csv(
-    rows: Sequence[Mapping[str, float]], path: str | os.PathLike, ids: Sequence[str] | None = None
+    rows: Sequence[Mapping[str, float]],
+    path: str | os.PathLike,
+    ids: Sequence[str] | None = None,
+    id_column: str = "filename",
 ) -> str:
     """Write one row per image to a CSV file, atomically (:func:`~maskseg_monai.utils.atomic_write`).
 
-    The header is ``filename`` followed by the union of the rows' keys in first-seen order; a missing value and
-    NaN are written as ``nan``, counts as integers, other numbers with ``repr`` precision.
+    The header is ``id_column`` followed by the union of the rows' keys in first-seen order; a missing value and
+    NaN are written as ``nan``, counts as integers, other numbers with ``repr`` precision, text as it is.
 
     Args:
         rows: per-image metrics, e.g. from :func:`evaluate_segmentation`.
         path: the CSV file; its folder is created.
         ids: one identifier per row (file names); defaults to the row indices.
+        id_column: header of the identifier column. Defaults to ``"filename"``.
 
     Returns:
         ``str(path)``.
@@ -290,12 +294,14 @@ def write_metrics_csv(
     def fmt(v: float | None) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "nan"
+        if isinstance(v, str):
+            return v
         return str(int(v)) if isinstance(v, (int, np.integer)) else repr(float(v))
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["filename", *keys])
+            w.writerow([id_column, *keys])
             for name, row in zip(ids, rows):
                 w.writerow([name, *(fmt(row.get(k)) for k in keys)])
 
