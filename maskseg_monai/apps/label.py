@@ -1,60 +1,38 @@
 """Preparing a MONAI Label app that serves our bundles: ``python -m maskseg_monai.apps.label``.
 
-MONAI Label's ``monaibundle`` sample app (Project-MONAI/MONAILabel, shipped with the ``monailabel`` package) wraps
-each bundle found under ``<app_dir>/model/<name>`` in a bundle infer task and a bundle train task.
-:func:`prepare_label_app` copies that sample app, then each of our bundles with its ``models/model.pt``, and
+:func:`prepare_label_app` writes an app folder for MONAI Label's server: a ``main.py`` naming
+:class:`maskseg_monai.apps.label_app.MaskSegApp` (MONAI Label's ``monaibundle`` sample app plus a one-shot task whose
+support is a labelled image of the datastore, trainers that publish only a finished round's model, a clean stop)
+and, for each bundle, ``model/<name>/``: a copy of the bundle with its ``models/model.pt``.
 :func:`start_server_command` gives the offline ``monailabel start_server`` command line.
 
-MONAI Label reads ``configs/inference.json`` alone; every bundle's ``inference.json`` runs alone (the Model Zoo's
-form), so the bundles are copied as they are.
-
-Needs the optional MONAI Label environment (``requirements-label.txt``, README "Serving with MONAI Label").
+Every bundle's ``inference.json`` runs alone (the Model Zoo's form), which is what MONAI Label reads, so the bundles
+are copied as they are. Preparing needs only this package; serving needs the MONAI Label environment
+(``requirements-label.txt``, README "Serving with MONAI Label").
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from maskseg_monai.bundles import BUNDLES_DIR
 
-__all__ = ["BUNDLES_DIR", "find_sample_app", "prepare_label_app", "start_server_command"]
+__all__ = ["BUNDLES_DIR", "MAIN_PY", "prepare_label_app", "start_server_command"]
 
-SAMPLE_APP = "monaibundle"
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "logs", "model", "models", "runs", "outputs", "eval")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "logs", "model", "models", "runs", "outputs", "eval", "cache",
+                                 "demo_data", "train_runs")  # fmt: skip
 
-
-def find_sample_app(name: str = SAMPLE_APP) -> Path:
-    """The folder of a MONAI Label sample app as installed with the ``monailabel`` package.
-
-    The wheel installs ``sample-apps/`` as data files under ``<prefix>/monailabel/`` (not inside the package);
-    the package's file list gives the exact place, with MONAI Label's own search paths as a fallback.
-
-    Raises:
-        ModuleNotFoundError: when ``monailabel`` is not installed.
-        FileNotFoundError: when the sample app is not found.
-    """
-    try:
-        dist = importlib.metadata.distribution("monailabel")
-    except importlib.metadata.PackageNotFoundError as e:
-        raise ModuleNotFoundError("monailabel is not installed: pip install -r requirements-label.txt") from e
-    marker = f"sample-apps/{name}/main.py"
-    candidates = [
-        Path(dist.locate_file(f)).parent for f in dist.files or [] if str(f).replace(os.sep, "/").endswith(marker)
-    ]
-    candidates += [
-        Path(p) / "monailabel" / "sample-apps" / name for p in (sys.prefix, os.path.join(sys.prefix, "local"))
-    ]
-    for folder in candidates:
-        if (folder / "main.py").is_file():
-            return folder.resolve()
-    raise FileNotFoundError(f"MONAI Label sample app '{name}' not found; looked in: {[str(c) for c in candidates]}.")
+MAIN_PY = (
+    '"""MONAI Label app serving maskseg-monai bundles (written by python -m maskseg_monai.apps.label)."""\n\n'
+    "from monailabel.interfaces.app import MONAILabelApp  # noqa: F401 (MONAI Label looks for its subclasses here)\n\n"
+    "from maskseg_monai.apps.label_app import MaskSegApp  # noqa: F401\n"
+)
 
 
 def prepare_label_app(
@@ -63,11 +41,12 @@ def prepare_label_app(
     model_files: Mapping[str, str | os.PathLike] | None = None,
     bundles_dir: str | os.PathLike = BUNDLES_DIR,
 ) -> Path:
-    """Write a MONAI Label ``monaibundle`` app serving our bundles from local copies (no network needed).
+    """Write a MONAI Label app serving our bundles from local copies (no network needed).
 
-    ``app_dir`` receives the sample app's files and, for each bundle, ``model/<name>/``: a copy of
+    ``app_dir`` receives ``main.py`` (:data:`MAIN_PY`) and, for each bundle, ``model/<name>/``: a copy of
     ``bundles/<name>`` (without outputs) with ``models/model.pt``. Existing files of the same names are replaced;
-    other files are kept.
+    other files are kept. Each file is written to a temporary name and renamed, so a served app never sees half a
+    model.
 
     Args:
         app_dir: the app folder (created if needed).
@@ -82,7 +61,6 @@ def prepare_label_app(
     Raises:
         ValueError: when ``model_files`` names a bundle not in ``bundles``, or a bundle has no model file.
         FileNotFoundError: when a bundle or model file does not exist.
-        ModuleNotFoundError: when ``monailabel`` is not installed.
 
     Example::
 
@@ -104,13 +82,23 @@ def prepare_label_app(
             raise FileNotFoundError(f"{model_files[name]}: no such model file for bundle '{name}'.")
 
     app = Path(app_dir).resolve()
-    shutil.copytree(find_sample_app(), app, ignore=_IGNORE, dirs_exist_ok=True)
+    app.mkdir(parents=True, exist_ok=True)
+    _write_atomic(app / "main.py", lambda tmp: tmp.write_text(MAIN_PY))
     for name in bundles:
         target = app / "model" / name
         shutil.copytree(Path(bundles_dir) / name, target, ignore=_IGNORE, dirs_exist_ok=True)
         (target / "models").mkdir(exist_ok=True)
-        shutil.copyfile(model_files[name], target / "models" / "model.pt")
+        _write_atomic(target / "models" / "model.pt", lambda tmp, src=model_files[name]: shutil.copyfile(src, tmp))
     return app
+
+
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def start_server_command(
@@ -119,14 +107,18 @@ def start_server_command(
     models: Sequence[str] = ("unetr_seg",),
     host: str = "127.0.0.1",
     port: int = 8000,
+    epistemic_model: str | None = None,
 ) -> list[str]:
-    """``monailabel start_server`` arguments serving ``models`` offline: local bundle copies, no SAM2 download.
+    """``monailabel start_server`` arguments serving ``models`` from the app's local copies (no download).
 
-    Run it with the MONAI Label environment activated (its launcher calls ``python``).
+    ``epistemic_model`` adds epistemic scoring (MC dropout) with that segmentation bundle and the ``epistemic``
+    active-learning strategy. Run it with the MONAI Label environment activated (its launcher calls ``python``).
     """
-    return ["monailabel", "start_server", "--app", str(app_dir), "--studies", str(studies),
-            "--conf", "models", ",".join(models), "--conf", "zoo_source", "github", "--conf", "sam2", "false",
-            "--host", host, "--port", str(port)]  # fmt: skip
+    cmd = ["monailabel", "start_server", "--app", str(app_dir), "--studies", str(studies),
+           "--conf", "models", ",".join(models), "--host", host, "--port", str(port)]  # fmt: skip
+    if epistemic_model:
+        cmd[9:9] = ["--conf", "epistemic_model", epistemic_model]
+    return cmd
 
 
 def _model_arg(text: str) -> tuple[str, str]:
@@ -140,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Prepare the app and print the ``monailabel start_server`` command; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m maskseg_monai.apps.label",
-        description="Prepare a MONAI Label monaibundle app serving our bundles and print the start_server command.",
+        description="Prepare a MONAI Label app serving our bundles and print the start_server command.",
     )
     parser.add_argument("--app_dir", required=True, help="app folder to write")
     parser.add_argument("--model", action="append", type=_model_arg, required=True, metavar="NAME=PATH",
@@ -148,14 +140,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--studies", default="studies", help="datastore folder for the printed command")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--epistemic_model", default=None, metavar="NAME",
+                        help="a served segmentation bundle to score unlabelled images with (MC dropout)")  # fmt: skip
     args = parser.parse_args(argv)
     models = dict(args.model)
     try:
+        if args.epistemic_model and args.epistemic_model not in models:
+            raise ValueError(f"--epistemic_model {args.epistemic_model} is not one of the --model names {list(models)}")
         app = prepare_label_app(args.app_dir, bundles=list(models), model_files=models)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(shlex.join(start_server_command(app, args.studies, list(models), args.host, args.port)))
+    print(shlex.join(start_server_command(app, args.studies, list(models), args.host, args.port, args.epistemic_model)))
     return 0
 
 
