@@ -7,7 +7,8 @@ with what that app lacks for our bundles:
 - a **one-shot** infer task (:class:`~maskseg_monai.apps.label_oneshot.OneShotInferTask`): the support is a labelled
   image of the datastore, chosen per request;
 - training that writes nothing into the **served** bundle but the new ``models/model.pt`` at the end of a finished
-  round (:class:`ServedBundleTrainTask`);
+  round (:class:`ServedBundleTrainTask`), for the one-shot bundle through labelled episodes of the datastore's final
+  labels (:class:`OneShotTrainTask`);
 - a **clean stop**: stopping the server (SIGTERM / SIGINT) kills its training, scoring and batch-inference
   subprocesses at once (:func:`stop_background_tasks`) instead of leaving them to die of a broken pipe;
 - only local bundles (``<app>/model/<name>``): a name without a folder is an error, never a download.
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.transforms import Invertd, SaveImaged
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -45,7 +47,7 @@ from monailabel.utils.others.generic import strtobool
 
 from maskseg_monai.apps.label_oneshot import OneShotInferTask, is_oneshot_bundle
 
-__all__ = ["MaskSegApp", "ServedBundleTrainTask", "local_bundles", "stop_background_tasks"]
+__all__ = ["MaskSegApp", "OneShotTrainTask", "ServedBundleTrainTask", "local_bundles", "stop_background_tasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +139,7 @@ class ServedBundleTrainTask(BundleTrainTask):
         overrides["ckpt_dir"] = str(self._round_dir / "models")
         overrides["output_dir"] = str(self._round_dir / "runs")
         overrides["cache_dir"] = str(self._round_dir / "cache")
+        overrides["dataset_dir"] = str(self._round_dir / "demo_data")  # were a demo set built, not in the bundle
         return overrides
 
     def __call__(self, request, datastore):
@@ -152,6 +155,46 @@ class ServedBundleTrainTask(BundleTrainTask):
         os.replace(tmp, served)
         logger.info(f"published {trained} as {served}")
         return result
+
+
+class OneShotTrainTask(ServedBundleTrainTask):
+    """Fine-tuning a one-shot bundle on the datastore's final labels, through labelled episodes.
+
+    MONAI Label hands a bundle trainer the labelled records as ``train#dataset#data``; the one-shot bundle's
+    dataset draws episodes from a cache of items instead, so the records become ``train#items`` /
+    ``validate#items`` with ``episodes = "labelled"``, and every label value present in the training labels is
+    both a training and a validation class (the annotator's classes: validation is on other images of the same
+    classes, not on held-out classes). The round starts from the served model, as for any bundle.
+    """
+
+    def _update_overrides(self, overrides: dict) -> dict:
+        super()._update_overrides(overrides)
+        train = overrides.pop(self.const.key_train_dataset_data())
+        val = overrides.pop(self.const.key_validate_dataset_data(), None) or train
+        classes = _label_values(train)
+        if not classes:
+            raise ValueError(f"{self.bundle_path}: the datastore's final labels hold no non-zero value to train on.")
+        overrides.update({
+            "episodes": "labelled",
+            "train#items": [{"image": d["image"], "label": d["label"]} for d in train],
+            "validate#items": [{"image": d["image"], "label": d["label"]} for d in val],
+            "validate#has_body": False,  # no body masks in a datastore (the body baseline is left out)
+            "train_classes": classes,
+            "test_classes": classes,
+        })  # fmt: skip
+        logger.info(f"one-shot fine-tuning on {len(train)} labelled images, classes {classes}; {len(val)} to validate")
+        return overrides
+
+
+def _label_values(records: list[dict]) -> list[int]:
+    """The sorted non-zero values of the records' label files."""
+    from monai.transforms import LoadImage
+
+    loader = LoadImage(image_only=True)
+    values: set[int] = set()
+    for d in records:
+        values |= {int(v) for v in torch.unique(torch.as_tensor(loader(d["label"]))).tolist() if v != 0}
+    return sorted(values)
 
 
 class MaskSegApp(MONAILabelApp):
@@ -189,13 +232,8 @@ class MaskSegApp(MONAILabelApp):
         if strtobool(self.conf.get("skip_trainers", "false")):
             return trainers
         for name, path in self.models.items():
-            if is_oneshot_bundle(path):
-                logger.info(
-                    f"{name}: one-shot bundle, not a trainer: it segments from a support chosen per request; "
-                    "train it with the bundle's own train.json (python -m monai.bundle run training ...)"
-                )
-                continue
-            task = ServedBundleTrainTask(path, self.conf, work_dir=os.path.join(self.work_dir, name))
+            kind = OneShotTrainTask if is_oneshot_bundle(path) else ServedBundleTrainTask
+            task = kind(path, self.conf, work_dir=os.path.join(self.work_dir, name))
             if task.is_valid():
                 logger.info(f"+++ Adding Trainer:: {name} => {task}")
                 trainers[name] = task

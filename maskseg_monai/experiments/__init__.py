@@ -54,6 +54,7 @@ from maskseg_monai.experiments.report import (
 )
 from maskseg_monai.experiments.runner import (
     DEFAULT_DEMO_SET,
+    DEFAULT_EPOCHS,
     Cell,
     bundle_config_file,
     bundle_config_files,
@@ -79,6 +80,7 @@ __all__ = [
     "Cell",
     "DEFAULT_BASELINE_CROPS",
     "DEFAULT_DEMO_SET",
+    "DEFAULT_EPOCHS",
     "DEFAULT_SEEDS",
     "DEFAULT_SMALL_AREA",
     "DEFAULT_SMALL_DILATION",

@@ -89,6 +89,7 @@ from maskseg_monai.experiments.report import (
 )
 from maskseg_monai.experiments.runner import (
     DEFAULT_DEMO_SET,
+    DEFAULT_EPOCHS,
     Cell,
     bundle_config_file,
     prepare_data,
@@ -296,7 +297,7 @@ def _sections(
 
 def run_ablation(
     variants: Sequence[str] = VARIANTS,
-    epochs: int = 20,
+    epochs: int = DEFAULT_EPOCHS,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     demo_set: str = DEFAULT_DEMO_SET,
     datalist: str | Path | None = None,

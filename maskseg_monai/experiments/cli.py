@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from maskseg_monai.experiments.evaluate import DEFAULT_SMALL_AREA, DEFAULT_SMALL_DILATION
-from maskseg_monai.experiments.runner import DEFAULT_DEMO_SET
+from maskseg_monai.experiments.runner import DEFAULT_DEMO_SET, DEFAULT_EPOCHS
 from maskseg_monai.metrics.segmentation import SIZE_THRESHOLDS
 
 __all__ = [
@@ -142,7 +142,10 @@ def add_small_object_arguments(ap: argparse.ArgumentParser) -> None:
 
 def add_common_arguments(ap: argparse.ArgumentParser, default_output_dir: str, bundle: str) -> None:
     """The options every experiment command has: data, schedule, output, config, progress bar and overrides."""
-    ap.add_argument("--epochs", type=int, default=20, help="training epochs of every cell (default 20)")
+    ap.add_argument(
+        "--epochs", type=int, default=DEFAULT_EPOCHS,
+        help=f"training epochs of every cell, of the bundle's steps_per_epoch batches (default {DEFAULT_EPOCHS})",
+    )  # fmt: skip
     ap.add_argument("--demo_set", default=DEFAULT_DEMO_SET, help=f"built-in demo set (default {DEFAULT_DEMO_SET})")
     ap.add_argument("--datalist", default=None, help="a MONAI datalist JSON to use instead of a demo set")
     ap.add_argument("--output_dir", default=default_output_dir, help=f"default {default_output_dir}")

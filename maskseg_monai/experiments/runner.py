@@ -26,6 +26,7 @@ from maskseg_monai.experiments.validation import ValidationSet, validation_set
 
 __all__ = [
     "DEFAULT_DEMO_SET",
+    "DEFAULT_EPOCHS",
     "Cell",
     "bundle_config_file",
     "bundle_config_files",
@@ -37,7 +38,10 @@ __all__ = [
     "run_cells",
 ]
 
-DEFAULT_DEMO_SET = "bloodsmear2d"
+#: the MAE/AMLP bundles' defaults: random 64x64 crops of three quadrants of a real nuclei image, validation tiles of
+#: the fourth (labelled, for the small-object regions), and 10 epochs of the bundles' ``steps_per_epoch`` batches
+DEFAULT_DEMO_SET = "nuclei2d_regions"
+DEFAULT_EPOCHS = 10
 
 
 @dataclass(frozen=True)

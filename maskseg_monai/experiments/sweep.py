@@ -21,7 +21,7 @@ Region PSNRs are NaN for an image without such masked pixels and are averaged ov
 
 Run it as a module::
 
-    python -m maskseg_monai.experiments.sweep --epochs 20 --output_dir sweeps/mae
+    python -m maskseg_monai.experiments.sweep --output_dir sweeps/mae
     python -m maskseg_monai.experiments.sweep --patch_sizes 4 8 --mask_ratios 0.5 --epochs 1 --seeds 0 \
         --override hidden_size=48
 
@@ -82,6 +82,7 @@ from maskseg_monai.experiments.report import (
 )
 from maskseg_monai.experiments.runner import (
     DEFAULT_DEMO_SET,
+    DEFAULT_EPOCHS,
     Cell,
     bundle_config_file,
     prepare_data,
@@ -262,7 +263,7 @@ def plot_heatmap(
 def run_sweep(
     patch_sizes: Sequence[int] = DEFAULT_PATCH_SIZES,
     mask_ratios: Sequence[float] = DEFAULT_MASK_RATIOS,
-    epochs: int = 20,
+    epochs: int = DEFAULT_EPOCHS,
     demo_set: str = DEFAULT_DEMO_SET,
     datalist: str | Path | None = None,
     seeds: Sequence[int] = DEFAULT_SEEDS,

@@ -309,7 +309,7 @@ def test_oneshot_support_from_the_datastore(oneshot_model, tmp_path):
     server = Server(app, studies, ["oneshot"], tmp_path / "server.log")
     try:
         info = server.wait_info()
-        assert "oneshot" in info["models"] and "oneshot" not in info["trainers"], info["trainers"]
+        assert "oneshot" in info["models"] and "oneshot" in info["trainers"], info["trainers"]
         assert {"support": "latest", "support_class": 0}.items() <= info["models"]["oneshot"]["config"].items()
 
         # no labelled image yet: a clear 409, no demo support
@@ -366,5 +366,19 @@ def test_oneshot_support_from_the_datastore(oneshot_model, tmp_path):
         result = json.loads(server.post(f"/infer/oneshot?image={query}&output=json", _form(params=params)))
         assert result["support"] == [support, rest[0]], result
         assert _tree(bundle) == before
+
+        # fine-tuning from the two saved labels through labelled episodes: a new served model, nothing else written
+        served = bundle / "models" / "model.pt"
+        old = _sha256(served)
+        request = {"max_epochs": 1, "val_split": 0.0, "device": "cpu", "multi_gpu": False}
+        server.post("/train/oneshot", json.dumps(request).encode(), JSON)
+        status = server.wait_task("train")
+        assert status["status"] == "DONE", json.dumps(status, indent=1)[-5000:]
+        assert "one-shot fine-tuning on 2 labelled images, classes [3]" in server.log.read_text(), server.text()
+        after = _tree(bundle)
+        assert _sha256(served) != old
+        assert {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} == {"models/model.pt"}
+        body = server.post(f"/infer/oneshot?image={query}&output=image", _form(params=params))
+        assert _read_mask(body, tmp_path).shape == truth.shape
     finally:
         server.stop()

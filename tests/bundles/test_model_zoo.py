@@ -147,3 +147,34 @@ def test_bundle_ships_its_licence_and_its_data_licence(bundle, tmp_path):
     datalist = json.loads(Path(ensure_demo_datalist(tmp_path, demo_set)).read_text())
     assert f"Default demo data: {demo_set} " in text
     assert f"Licence: {datalist['licence']}" in text
+
+
+# the Model Zoo's README template, as our bundle READMEs spell its headings
+TEMPLATE_HEADINGS = ("Model overview", "Data", "Training configuration", "Input and output", "Performance",
+                     "MONAI bundle commands", "Export", "References", "License")  # fmt: skip
+
+
+def _sections(markdown: str) -> dict[str, str]:
+    """``{heading: text}`` of a README's ``##`` sections (outside code blocks)."""
+    sections, heading, fence = {}, None, False
+    for line in markdown.splitlines():
+        fence = fence != line.startswith("```")
+        if line.startswith("## ") and not fence:
+            heading = line[3:].strip()
+            sections[heading] = ""
+        elif heading is not None:
+            sections[heading] += line + "\n"
+    return sections
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_readme_follows_the_zoo_template_and_quotes_its_eval_metrics(bundle):
+    sections = _sections((REPO / "bundles" / bundle / "docs" / "README.md").read_text())
+    for heading in TEMPLATE_HEADINGS:
+        found = [h for h in sections if h == heading or h.startswith(heading + " ") or h.startswith(heading + ":")]
+        assert found, f"{bundle}: no '## {heading}' section; sections: {list(sections)}"
+    performance = "".join(text for h, text in sections.items() if h.startswith("Performance"))
+    meta = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())
+    for key, value in meta["eval_metrics"].items():
+        shown = {f"{value:.2f}", f"{value:.3f}", f"+{value:.2f}"}
+        assert any(s in performance for s in shown), f"{bundle}: eval_metrics {key} = {value} not in its Performance"

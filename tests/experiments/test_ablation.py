@@ -36,8 +36,10 @@ ON = {"use_mps": True, "arl_weight": 1.0, "ccl_weight": 0.1, "use_amr": True}
 @pytest.fixture(scope="module")
 def tiny_ablation(tmp_path_factory) -> tuple[Path, list[dict], list]:
     out = tmp_path_factory.mktemp("ablation")
+    # the synthetic blood smears (not the default nuclei): four classes for the per-class and lesion columns
     argv = ["--variants", "+ccl", "mae", "--seeds", "0", "1", "--epochs", "1", "--lesion_classes", "1", "3", "4",
-            "--small_area", "48", "--output_dir", str(out), *TINY_ARGS, *BUDGET_ARGS]  # fmt: skip
+            "--small_area", "48", "--demo_set", "bloodsmear2d", "--output_dir", str(out), *TINY_ARGS,
+            *BUDGET_ARGS]  # fmt: skip
     fits = []  # (patch size, ratio, seed) of every baseline fit
     real = evaluate.fit_baselines
     with pytest.MonkeyPatch.context() as mp:

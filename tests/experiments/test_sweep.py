@@ -32,8 +32,9 @@ CLASS_METRICS = [f"psnr_masked_{name}" for name in BLOOD_CLASSES.values()]
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory) -> tuple[Path, list[dict], list[list[str]]]:
     out = tmp_path_factory.mktemp("sweep")
+    # the synthetic blood smears (not the default nuclei): four classes for the per-class columns
     argv = ["--patch_sizes", "8", "16", "--mask_ratios", "0.5", "--seeds", "0", "1", "--epochs", "1",
-            "--output_dir", str(out), *TINY_ARGS, *BUDGET_ARGS]  # fmt: skip
+            "--demo_set", "bloodsmear2d", "--output_dir", str(out), *TINY_ARGS, *BUDGET_ARGS]  # fmt: skip
     fitted_on = []  # the images of every datalist the baselines are fitted on
     real = evaluate.sample_crops
     with pytest.MonkeyPatch.context() as mp:
