@@ -18,10 +18,11 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from maskseg_monai.bundles import BUNDLES_DIR
+from maskseg_monai.utils import atomic_write
 
 __all__ = ["BUNDLES_DIR", "MAIN_PY", "prepare_label_app", "start_server_command"]
 
@@ -45,8 +46,8 @@ def prepare_label_app(
 
     ``app_dir`` receives ``main.py`` (:data:`MAIN_PY`) and, for each bundle, ``model/<name>/``: a copy of
     ``bundles/<name>`` (without outputs) with ``models/model.pt``. Existing files of the same names are replaced;
-    other files are kept. Each file is written to a temporary name and renamed, so a served app never sees half a
-    model.
+    other files are kept. ``main.py`` and each model are written through :func:`~maskseg_monai.utils.atomic_write`,
+    so a served app never sees half a model.
 
     Args:
         app_dir: the app folder (created if needed).
@@ -83,22 +84,13 @@ def prepare_label_app(
 
     app = Path(app_dir).resolve()
     app.mkdir(parents=True, exist_ok=True)
-    _write_atomic(app / "main.py", lambda tmp: tmp.write_text(MAIN_PY))
+    atomic_write(app / "main.py", lambda tmp: Path(tmp).write_text(MAIN_PY))
     for name in bundles:
         target = app / "model" / name
         shutil.copytree(Path(bundles_dir) / name, target, ignore=_IGNORE, dirs_exist_ok=True)
         (target / "models").mkdir(exist_ok=True)
-        _write_atomic(target / "models" / "model.pt", lambda tmp, src=model_files[name]: shutil.copyfile(src, tmp))
+        atomic_write(target / "models" / "model.pt", lambda tmp, src=model_files[name]: shutil.copyfile(src, tmp))
     return app
-
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def start_server_command(

@@ -46,6 +46,7 @@ from monailabel.utils.async_tasks import utils as async_utils
 from monailabel.utils.others.generic import strtobool
 
 from maskseg_monai.apps.label_oneshot import OneShotInferTask, is_oneshot_bundle
+from maskseg_monai.utils import atomic_write
 
 __all__ = ["MaskSegApp", "OneShotTrainTask", "ServedBundleTrainTask", "local_bundles", "stop_background_tasks"]
 
@@ -125,7 +126,8 @@ class ServedBundleTrainTask(BundleTrainTask):
 
     The bundle's ``ckpt_dir`` (resume checkpoints, ``model.pt`` at the best validation) and ``output_dir``
     (TensorBoard) point into ``<work_dir>/<round>/``; when the round finishes, its ``model.pt`` replaces the served
-    ``models/model.pt`` in one ``os.replace``. A round that fails or is stopped leaves the served bundle as it was.
+    ``models/model.pt`` through :func:`~maskseg_monai.utils.atomic_write` (one rename). A round that fails or is
+    stopped leaves the served bundle as it was.
     """
 
     def __init__(self, path: str, conf: dict, work_dir: str | os.PathLike, **kwargs: Any) -> None:
@@ -150,9 +152,7 @@ class ServedBundleTrainTask(BundleTrainTask):
         if not trained.is_file():
             raise RuntimeError(f"{trained}: the round wrote no model (no validation ran); the served model is kept.")
         served = Path(self.bundle_path) / "models" / "model.pt"
-        tmp = served.with_name(f".{served.name}.{os.getpid()}.tmp")
-        shutil.copyfile(trained, tmp)
-        os.replace(tmp, served)
+        atomic_write(served, lambda tmp: shutil.copyfile(trained, tmp))
         logger.info(f"published {trained} as {served}")
         return result
 

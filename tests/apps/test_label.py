@@ -28,7 +28,7 @@ def test_prepare_writes_main_py_and_bundle_copies_with_their_models(tmp_path):
             BUNDLES_DIR / name / "configs" / "inference.json"
         ).read_bytes()
     assert (app / "keep.txt").read_text() == "mine"
-    assert not [p for p in app.rglob("*.tmp")]
+    assert not [p for p in app.rglob("*") if p.name.startswith(".tmp") or p.name.endswith(".tmp")]
 
 
 @pytest.mark.parametrize(
