@@ -1,15 +1,18 @@
-"""Training-step throughput of our masked autoencoders and UNETR against MONAI's networks (issue 8).
+"""Training-step throughput of our masked autoencoders and UNETR against MONAI's networks (issues 8 and 15).
 
-For each case (sizes of the issue) and each network (MONAI's ``MaskedAutoEncoderViT``/``UNETR``, our
+For each case (sizes of the issue; ``mainjob2d_p8``: the amlp bundle's main job) and each network (MONAI's
+``MaskedAutoEncoderViT``/``UNETR``, a plain fused-attention MAE of the same sizes (``plain_mae.py``), our
 ``MaskedAutoencoderViT``/``UNETR``, ``AMLPMaskedAutoencoder`` with MPS + ARL + CCL), a training step
 (forward, loss, backward, AdamW) on random inputs already on the device is timed in fp32, under bf16
 autocast, and under bf16 autocast with ``torch.compile``. Reported: items/s (images in 2D, volumes in 3D),
 milliseconds per step, achieved TFLOP/s (forward + backward FLOPs of one step, counted once with
 ``torch.utils.flop_counter.FlopCounterMode``), peak CUDA memory, and ratios to MONAI's fp32 step of the
-same case and to our MAE step in the same mode.
+same case, to our MAE step and to the plain MAE step in the same mode.
 
     python benchmarks/train_step.py --device cuda --cases all --output benchmarks/RESULTS.md
     python benchmarks/train_step.py --device cuda --cases mae2d_p16,mae3d_p8 --models ours,amlp --modes bf16+compile
+    OMP_NUM_THREADS=2 python benchmarks/train_step.py --device cpu --cases mainjob2d_p8 --models plain,ours,amlp \
+        --modes fp32 --steps 30 --repeats 5 --output benchmarks/RESULTS.md   # issue 15's CPU targets
     OMP_NUM_THREADS=1 python benchmarks/train_step.py --device cpu --quick   # tiny sizes, a smoke run
 """
 
@@ -23,9 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 from common import append_results, free_memory, is_oom, markdown_table, peak_memory_gib, time_steps
+from plain_mae import PlainMAE, plain_mae_loss
 
-CASE_NAMES = ("mae2d_p16", "mae2d_p8", "mae3d_p16", "mae3d_p8", "unetr3d_p16")
-MAE_MODELS = ("monai", "ours", "amlp")
+CASE_NAMES = ("mae2d_p16", "mae2d_p8", "mae3d_p16", "mae3d_p8", "unetr3d_p16", "mainjob2d_p8")
+MAE_MODELS = ("monai", "plain", "ours", "amlp")
 UNETR_MODELS = ("monai", "ours")
 MODES = ("fp32", "bf16", "bf16+compile")
 COLUMNS = (
@@ -39,6 +43,7 @@ COLUMNS = (
     "peak GiB",
     "vs MONAI fp32",
     "vs ours (same mode)",
+    "vs plain (same mode)",
     "note",
 )
 
@@ -48,6 +53,9 @@ DECODER_3D = {"decoder_hidden_size": 384, "decoder_mlp_dim": 1536, "decoder_num_
 TINY_ENCODER = {"hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4}
 TINY_DECODER_2D = {"decoder_hidden_size": 32, "decoder_mlp_dim": 64, "decoder_num_layers": 1, "decoder_num_heads": 4}
 TINY_DECODER_3D = {"decoder_hidden_size": 24, "decoder_mlp_dim": 48, "decoder_num_layers": 1, "decoder_num_heads": 4}
+# the amlp bundle's main job (bundles/amlp/configs/train.json): 64x64 crops, 1 channel, patch 8, ratio 0.5, batch 32
+MAINJOB_ENCODER = {"hidden_size": 192, "mlp_dim": 768, "num_layers": 6, "num_heads": 6}
+MAINJOB_DECODER = {"decoder_hidden_size": 96, "decoder_mlp_dim": 384, "decoder_num_layers": 2, "decoder_num_heads": 4}
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ def make_cases(quick: bool) -> dict[str, Case]:
             Case("mae3d_p16", 3, 1, 96, 16, 64, 0.75, decoder=DECODER_3D),
             Case("mae3d_p8", 3, 1, 96, 8, 16, 0.75, decoder=DECODER_3D),
             Case("unetr3d_p16", 3, 1, 96, 16, 8),
+            Case("mainjob2d_p8", 2, 1, 64, 8, 32, 0.5, encoder=MAINJOB_ENCODER, decoder=MAINJOB_DECODER),
         ]
     else:
         # MONAI's UNETR fixes 12 layers and patch 16, so the tiny UNETR keeps them and shrinks the width; it runs
@@ -95,6 +104,7 @@ def make_cases(quick: bool) -> dict[str, Case]:
             Case("mae3d_p16", 3, 1, 16, 8, 2, 0.75, encoder=TINY_ENCODER, decoder=TINY_DECODER_3D),
             Case("mae3d_p8", 3, 1, 16, 4, 2, 0.75, encoder=TINY_ENCODER, decoder=TINY_DECODER_3D),
             Case("unetr3d_p16", 2, 1, 32, 16, 2, encoder=tiny_unetr, feature_size=4),
+            Case("mainjob2d_p8", 2, 1, 32, 8, 2, 0.5, encoder=TINY_ENCODER, decoder=TINY_DECODER_2D),
         ]
     return {c.name: c for c in cases}
 
@@ -104,8 +114,6 @@ LossFn = Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def build(case: Case, model: str, device: torch.device) -> tuple[torch.nn.Module, LossFn]:
     """The network of ``model`` for ``case`` on ``device`` and its loss ``loss_fn(output, image, label)``."""
-    from maskseg_monai.masking import patchify
-
     if case.is_unetr:
         from monai.losses import DiceCELoss
 
@@ -144,15 +152,10 @@ def build(case: Case, model: str, device: torch.device) -> tuple[torch.nn.Module
             **case.decoder,
         )
 
-        def monai_mae_loss(out, image, label):
-            # MONAI's MAE returns (pred [B, L, P], mask [B, L]) and no loss: MAE's loss over masked patches.
-            pred, mask = out
-            err = (pred.float() - patchify(image.float(), case.patch_size)).pow(2).mean(-1)
-            return (err * mask).sum() / mask.sum()
+        # MONAI's MAE returns (pred [B, L, P], mask [B, L]) and no loss: MAE's loss over masked patches.
+        return net.to(device), lambda out, image, label: plain_mae_loss(out, image, case.patch_size)
 
-        return net.to(device), monai_mae_loss
-
-    kwargs = dict(
+    sizes = dict(
         in_channels=case.in_channels,
         img_size=case.img_size,
         patch_size=case.patch_size,
@@ -161,19 +164,22 @@ def build(case: Case, model: str, device: torch.device) -> tuple[torch.nn.Module
         **case.encoder,
         **case.decoder,
     )
+    if model == "plain":
+        return PlainMAE(**sizes).to(device), lambda out, image, label: plain_mae_loss(out, image, case.patch_size)
+
     if model == "ours":
         from maskseg_monai.losses import MaskedReconstructionLoss
         from maskseg_monai.networks import MaskedAutoencoderViT
 
         loss = MaskedReconstructionLoss(case.patch_size)
-        return MaskedAutoencoderViT(**kwargs).to(device), lambda out, image, label: loss(out, image)
+        return MaskedAutoencoderViT(**sizes).to(device), lambda out, image, label: loss(out, image)
     if model == "amlp":
         from maskseg_monai.losses import AMLPLoss
         from maskseg_monai.networks import AMLPMaskedAutoencoder
 
         # MPS on every image (mps_prob 1) and the CCL-head rule from the first step (mps_warmup 0);
         # ARL and CCL with the amlp bundle's defaults.
-        net = AMLPMaskedAutoencoder(**kwargs, use_mps=True, mps_warmup=0, mps_prob=1.0, mps_lesion_rule="head")
+        net = AMLPMaskedAutoencoder(**sizes, use_mps=True, mps_warmup=0, mps_prob=1.0, mps_lesion_rule="head")
         if not (net.use_mps and net.masking.prob == 1.0 and net.masking.warmup == 0):
             raise RuntimeError("AMLP benchmark expects MPS active on every image from the first step.")
         loss = AMLPLoss(case.patch_size, arl_gamma=1.0, arl_weight=1.0, ccl_weight=0.1)
@@ -290,6 +296,19 @@ def run_one(
     return row
 
 
+def median_round(found: list[dict[str, object]]) -> dict[str, object]:
+    """The round of median ms/step among ``found`` (rounds of one case, model and mode), its note giving the
+    min-max over rounds; a failed round (no ms/step) is returned as it is."""
+    timed = sorted((r for r in found if r.get("ms/step") is not None), key=lambda r: r["ms/step"])
+    if len(timed) < len(found):
+        return next(r for r in found if r.get("ms/step") is None)
+    row = dict(timed[(len(timed) - 1) // 2])
+    if len(timed) > 1:
+        spread = f"median of {len(timed)} rounds, {timed[0]['ms/step']:.1f}-{timed[-1]['ms/step']:.1f} ms/step"
+        row["note"] = "; ".join(n for n in (row.get("note"), spread) if n)
+    return row
+
+
 def add_ratios(rows: list[dict[str, object]]) -> None:
     """Fill ``vs MONAI fp32`` (items/s over MONAI's fp32 row of the case) and ``vs ours (same mode)``."""
     by_key = {(r["case"], r["model"], r["mode"]): r for r in rows}
@@ -301,13 +320,15 @@ def add_ratios(rows: list[dict[str, object]]) -> None:
         ours = by_key.get((r["case"], "ours", r["mode"]), {}).get("items/s")
         r["vs MONAI fp32"] = f"{speed / base:.2f}x" if base else None
         r["vs ours (same mode)"] = f"{speed / ours:.2f}x" if ours and r["model"] != "ours" else None
+        plain = by_key.get((r["case"], "plain", r["mode"]), {}).get("items/s")
+        r["vs plain (same mode)"] = f"{speed / plain:.2f}x" if plain and r["model"] != "plain" else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cases", default="all", help=f"'all' or a comma list of {', '.join(CASE_NAMES)}")
-    p.add_argument("--models", default="all", help="'all' or a comma list of monai, ours, amlp")
+    p.add_argument("--models", default="all", help=f"'all' or a comma list of {', '.join(MAE_MODELS)}")
     p.add_argument("--modes", default="all", help=f"'all' or a comma list of {', '.join(MODES)}")
     p.add_argument(
         "--compile",
@@ -319,6 +340,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5, quick 1)")
     p.add_argument("--compile-warmup", type=int, default=None, help="extra untimed steps when compiling (default 5)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20, quick 2)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds over every (case, model, mode), interleaved (each round starting one network later) so that "
+        "load drifts and allocator state hit each network alike; "
+        "the table gives each one's median round (and the min-max of ms/step in its note). Default 1",
+    )
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in fp32 mode (PyTorch default: off)")
     p.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=True, help="fused AdamW on CUDA")
     p.add_argument("--output", default=None, help="append a dated section with the table to this markdown file")
@@ -349,17 +378,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     cases = make_cases(args.quick)
     modes = [m for m in _select(args.modes, MODES, "mode") if compile_on or not m.endswith("+compile")]
     models = _select(args.models, MAE_MODELS, "model")
-    rows: list[dict[str, object]] = []
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}.")
     flops: dict = {}
-    for name in _select(args.cases, CASE_NAMES, "case"):
-        case = cases[name]
-        for model in [m for m in case.models if m in models]:
-            for mode in modes:
-                row = run_one(case, model, mode, device, args, flops)
-                rows.append(row)
-                speed = row.get("items/s")
-                status = f"{speed:,.1f} items/s" if speed else row["note"]
-                print(f"{name:12s} {model:6s} {mode:13s} {status}", file=sys.stderr, flush=True)
+    rounds: dict[tuple[str, str, str], list[dict[str, object]]] = {}
+    for r in range(args.repeats):
+        for name in _select(args.cases, CASE_NAMES, "case"):
+            case = cases[name]
+            picked = [m for m in case.models if m in models]
+            # each round starts one network later, so no network always runs right after the same other one
+            for model in picked[r % len(picked) :] + picked[: r % len(picked)]:
+                for mode in modes:
+                    row = run_one(case, model, mode, device, args, flops)
+                    rounds.setdefault((name, model, mode), []).append(row)
+                    speed = row.get("items/s")
+                    status = f"{speed:,.1f} items/s" if speed else row["note"]
+                    line = f"[{r + 1}/{args.repeats}] {name:12s} {model:6s} {mode:13s} {status}"
+                    print(line, file=sys.stderr, flush=True)
+    rows = [median_round(found) for found in rounds.values()]
     add_ratios(rows)
     table = markdown_table(COLUMNS, rows)
     print(table)
@@ -369,6 +405,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         )
         notes = [
             f"warm-up {args.warmup} (+{args.compile_warmup} when compiling), timed steps {args.steps}, "
+            f"rounds {args.repeats} (interleaved; median round shown), "
             f"TF32 {'on' if args.tf32 else 'off'}, "
             f"AdamW {'fused' if args.fused_adamw and device.type == 'cuda' else 'foreach/default'}",
             "items/s: images/s in 2D, volumes/s in 3D; TFLOP/s from FlopCounterMode (forward + backward of one step)",

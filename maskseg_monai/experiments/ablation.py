@@ -81,7 +81,9 @@ from maskseg_monai.experiments.evaluate import (
 )
 from maskseg_monai.experiments.report import (
     baseline_sections,
+    effect_verdict,
     markdown_table,
+    paired_gains,
     run_settings,
     summarize_runs,
     write_csv,
@@ -115,6 +117,7 @@ __all__ = [
     "variant_overrides",
     "lesion_patches",
     "evaluate_mps",
+    "component_effects",
     "run_ablation",
     "main",
 ]
@@ -142,6 +145,44 @@ _REGIONS = {
     "psnr_masked_small": "masked pixels of small objects",
 }
 _OTHER_COLUMNS = ("psnr_masked_rest", "psnr_all", "ssim_masked", "ssim_all")
+#: the scores whose paired change each component's table reports
+EFFECT_COLUMNS = ("psnr_masked", "psnr_masked_lesion", "psnr_masked_small", "mps_hit_rate")
+
+
+def component_effects(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = EFFECT_COLUMNS, order: Sequence[str] = VARIANTS
+) -> list[dict[str, Any]]:
+    """What each component changes: every variant's run minus the run of the variant before it (in ``order``, among
+    those present) with the same seed, then the last variant minus the first (all components together).
+
+    Returns:
+        one row per pair of variants: ``change`` (e.g. ``"+arl - +mps"``), ``runs`` (seeds paired), per column
+        ``"mean ± std"`` of the paired differences (as :func:`summarize_runs`) and ``verdict_<column>``
+        (:func:`~maskseg_monai.experiments.report.effect_verdict`).
+
+    Example:
+        >>> rows = [{"variant": v, "seed": s, "psnr_masked": 10.0 + s + (v == "+mps")} for v in ("mae", "+mps")
+        ...         for s in (0, 1)]
+        >>> effect = component_effects(rows, ["psnr_masked"])[0]
+        >>> effect["change"], effect["psnr_masked"], effect["verdict_psnr_masked"]
+        ('+mps - mae', '1.00 ± 0.00', 'shown (+)')
+    """
+    present = [v for v in order if any(r["variant"] == v for r in rows)]
+    steps = list(zip(present, present[1:]))
+    if len(present) > 2:
+        steps.append((present[0], present[-1]))
+    table = []
+    for before, after in steps:
+        pairs = [r for r in rows if r["variant"] in (before, after)]
+        gains = paired_gains(pairs, columns, before, ("seed",), group="variant")
+        if not gains:
+            continue
+        row = summarize_runs(gains, columns, "variant")[0]
+        row = {"change": f"{after} - {before}", **{k: v for k, v in row.items() if k != "variant"}}
+        for c in columns:
+            row[f"verdict_{c}"] = effect_verdict([g[c] for g in gains])
+        table.append(row)
+    return table
 
 
 def check_variants(variants: Sequence[str]) -> list[str]:
@@ -281,6 +322,11 @@ def _sections(
         *baseline_sections(rows, "variant", _REGIONS),
         "### Other reconstruction metrics\n\nMean ± std over seeds; `psnr_masked_rest`: masked pixels outside the "
         "small-object region.\n\n" + markdown_table(summarize_runs(rows, _OTHER_COLUMNS, "variant")),
+        "## What each component changes (paired by seed)\n\n"
+        "Each variant's run minus the previous variant's run of the same seed (the last row: all components "
+        "against MAE); mean ± std of the differences over seeds (PSNR in dB). `shown (+)`/`shown (-)`: the same "
+        "sign for every seed and a mean beyond the spread between seeds; otherwise `not shown`.\n\n"
+        + (markdown_table(effects) if (effects := component_effects(rows)) else "no pair yet"),
         f"## Masked Patch Selection (each variant masks by its own policy at ratio {eval_ratio:g})\n\n"
         "`mps_hit_rate`: fraction of masked patches holding lesion pixels; `chance_hit_rate`: fraction of all "
         "patches holding lesion pixels (what random masking hits on average). Category precision/recall: MPS's "

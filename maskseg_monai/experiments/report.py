@@ -23,6 +23,7 @@ __all__ = [
     "group_runs",
     "summarize_runs",
     "paired_gains",
+    "effect_verdict",
     "is_learned",
     "baseline_sections",
     "load_pyplot",
@@ -234,6 +235,22 @@ def paired_gains(
         for r in rows
         if r[group] != reference and key(r) in partners
     ]
+
+
+def effect_verdict(values: Sequence[float]) -> str:
+    """Whether paired effects (one per seed) show a change: ``"shown (+)"``/``"shown (-)"`` when every seed has the
+    same sign and the mean exceeds the spread between seeds (its ``ddof=1`` standard deviation), else ``"not shown"``
+    (also with fewer than two seeds, which have no spread).
+
+    Example:
+        >>> effect_verdict([0.8, 1.1, 0.9]), effect_verdict([-0.5, 0.7, 0.1]), effect_verdict([0.5])
+        ('shown (+)', 'not shown', 'not shown')
+    """
+    finite = [float(v) for v in values if math.isfinite(float(v))]
+    mean, std = mean_std(finite)
+    if len(finite) < 2 or not abs(mean) > std or len({math.copysign(1, v) for v in finite if v != 0}) != 1:
+        return "not shown"
+    return "shown (+)" if mean > 0 else "shown (-)"
 
 
 #: a cell is *learned* when it beats the visible-mean fill by at least this much (dB) for every seed

@@ -7,6 +7,13 @@ import torch
 __all__ = ["batched_kmeans", "patch_pixel_features"]
 
 
+def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index ``[B, N]`` of each point's nearest centroid: argmin of ``|c|^2 - 2 x.c`` (the squared distance less
+    ``|x|^2``, the same for every centroid of a point), one fused ``baddbmm``; about half the time of
+    ``torch.cdist(x, c).argmin(-1)`` at MPS's sizes."""
+    return torch.baddbmm(centroids.pow(2).sum(-1)[:, None, :], x, centroids.transpose(1, 2), alpha=-2).argmin(-1)
+
+
 def batched_kmeans(
     features: torch.Tensor, num_clusters: int = 2, num_iters: int = 10
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,16 +54,15 @@ def batched_kmeans(
     for _ in range(num_clusters):  # K is small; this loop is over clusters, not points
         idx = dist_to_set.argmax(1)
         chosen.append(x[batch, idx])
-        new_d = (x - x[batch, idx][:, None]).pow(2).sum(-1)
+        new_d = (x - chosen[-1][:, None]).pow(2).sum(-1)
         dist_to_set = new_d if len(chosen) == 1 else torch.minimum(dist_to_set, new_d)
     centroids = torch.stack(chosen, 1)  # [B, K, D]
-    assign = torch.cdist(x, centroids).argmin(-1)
+    assign = _nearest(x, centroids)
     for _ in range(num_iters):
-        one_hot = torch.nn.functional.one_hot(assign, num_clusters).to(x.dtype)  # [B, N, K]
-        counts = one_hot.sum(1)  # [B, K]
-        sums = one_hot.transpose(1, 2) @ x  # [B, K, D]
-        centroids = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids)
-        assign = torch.cdist(x, centroids).argmin(-1)
+        members = x.new_zeros(b, num_clusters, n).scatter_(1, assign[:, None, :], 1.0)  # [B, K, N] one-hot
+        counts = members.sum(2, keepdim=True)  # [B, K, 1]
+        centroids = torch.where(counts > 0, torch.bmm(members, x) / counts.clamp_min(1), centroids)
+        assign = _nearest(x, centroids)
     return assign, centroids
 
 

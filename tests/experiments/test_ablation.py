@@ -17,6 +17,7 @@ from maskseg_monai.experiments import (
     ablation,
     baseline_columns,
     evaluate,
+    report,
 )
 from maskseg_monai.metrics import mps_hit_rates
 from maskseg_monai.networks import AMLPMaskedAutoencoder
@@ -82,6 +83,13 @@ def test_tiny_ablation_writes_results(tiny_ablation):
     assert "gain_gaussian_psnr_masked" in learned and "masked pixels of the lesion classes" in md
     assert "Partial results" not in md and "not measured yet" in md and "±" in md
     assert "| mae | 2 |" in md and "| +ccl | 2 |" in md
+    assert "## What each component changes (paired by seed)" in md and "| +ccl - mae | 2 |" in md
+    effect = ablation.component_effects(rows)
+    assert [e["change"] for e in effect] == ["+ccl - mae"]  # only the two variants run: one pair, no "all" row
+    by_seed = {(r["variant"], r["seed"]): r["psnr_masked"] for r in rows}
+    diffs = [by_seed[("+ccl", s)] - by_seed[("mae", s)] for s in (0, 1)]
+    assert effect[0]["psnr_masked"].startswith(f"{sum(diffs) / 2:.2f} ±")
+    assert effect[0]["verdict_psnr_masked"] == report.effect_verdict(diffs)
     assert not list(out.glob(".tmp-*"))
     for name in ("mae_seed0", "ccl_seed0", "mae_seed1", "ccl_seed1"):
         assert (out / "cells" / name / "models" / "model_final.pt").is_file()

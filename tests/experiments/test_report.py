@@ -64,3 +64,18 @@ def test_paired_gains_pair_runs_by_their_keys():
     assert [(g["arm"], g["p"], g["seed"]) for g in gains] == [("mae", 8, 0), ("mae", 16, 0)]
     assert [round(g["dice"], 6) for g in gains] == [0.1, -0.1]
     assert report.paired_gains(rows, ["dice"], "scratch", ("p", "seed")) == []
+
+
+@pytest.mark.parametrize(
+    "values,verdict",
+    [
+        ([0.8, 1.1, 0.9], "shown (+)"),
+        ([-0.3, -0.2, -0.25], "shown (-)"),
+        ([-0.5, 0.7, 0.1], "not shown"),  # signs differ
+        ([0.1, 0.1, 2.0], "not shown"),  # same sign, but the mean (0.73) is within the spread (1.10)
+        ([0.5], "not shown"),  # one seed has no spread
+        ([0.5, float("nan")], "not shown"),
+    ],
+)
+def test_effect_verdict(values, verdict):
+    assert report.effect_verdict(values) == verdict

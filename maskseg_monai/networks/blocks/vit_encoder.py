@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.blocks import PatchEmbeddingBlock, SABlock, TransformerBlock
 from monai.utils import ensure_tuple_rep, look_up_option
 
@@ -42,7 +43,26 @@ class TrainingAwareSABlock(SABlock):
     ``self.drop_weights.p if self.training else 0.0``, as timm's ``Attention`` passes
     ``dropout_p=self.attn_drop.p if self.training else 0.``; nothing else changes (parameters, state dict and the
     explicit path are MONAI's).
+
+    On the path our networks take (fused attention, one ``qkv`` linear, no mask, causality, relative position
+    embedding or ``attention_dtype``), ``forward`` splits ``qkv`` with ``view``/``permute``/``unbind`` as timm's
+    ``Attention`` does instead of MONAI's einops ``Rearrange`` and indexing: the same values and gradients, but the
+    backward pass of the three ``output[i]`` selections zero-fills and copies the whole ``qkv`` gradient three times
+    per block, about 2% of a CPU training step at the main job's sizes (``benchmarks/train_step.py``, issue 15).
+    Every other configuration runs MONAI's ``forward``.
     """
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention of tokens ``[B, L, D]`` (``attn_mask``: as MONAI's ``SABlock``)."""
+        plain = self.use_flash_attention and self.use_combined_linear and not self.causal
+        if not plain or attn_mask is not None or self.attention_dtype is not None:
+            return super().forward(x, attn_mask=attn_mask)
+        b, n = x.shape[:2]
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale, dropout_p=self.dropout_rate)
+        x = self.out_proj(x.transpose(1, 2).reshape(b, n, self.inner_dim))
+        return self.drop_output(x)
 
     @property
     def dropout_rate(self) -> float:

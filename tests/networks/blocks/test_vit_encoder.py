@@ -85,3 +85,18 @@ def test_every_network_gets_training_aware_attention():
     for net in nets:
         attns = [m for m in net.modules() if isinstance(m, SABlock)]
         assert attns and all(isinstance(m, TrainingAwareSABlock) for m in attns), type(net).__name__
+
+
+@pytest.mark.parametrize("num_heads,dim", [(2, 16), (6, 48)])
+def test_attention_fast_split_matches_monai_forward(num_heads, dim):
+    """The view/permute/unbind qkv split gives MONAI SABlock.forward's values and gradients."""
+    attn = transformer_blocks(1, dim, 32, num_heads)[0].attn
+    x = torch.rand(3, 10, dim, requires_grad=True)
+    out = attn(x)
+    grads = torch.autograd.grad(out.square().sum(), [x, *attn.parameters()])
+    ref = SABlock.forward(attn, x)  # MONAI's einops split and indexing, same weights
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, *attn.parameters()])
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(grads, ref_grads))
+    mask = torch.ones(10, 10, dtype=torch.bool)  # anything the fast path does not cover goes to MONAI's forward
+    assert torch.allclose(attn(x, attn_mask=mask), ref, atol=1e-6)
