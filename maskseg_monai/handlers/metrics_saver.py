@@ -207,38 +207,42 @@ class OneShotMetricsSaver(SegmentationMetricsSaver):
         for row, c in zip(self.rows[n:], self.classes[n:]):
             row["class"] = c
         items = [batch] if isinstance(batch, dict) else list(batch)
-        if items and all(self.baseline_key in b for b in items):  # Dice of the class-agnostic all-objects mask
-            _, y = self.output_transform(engine.state.output)
-            objects = torch.cat([torch.as_tensor(b[self.baseline_key]).reshape(-1, *y[0].shape[1:]) for b in items])
-            objects = objects.reshape(len(y), 1, *y[0].shape[1:]).to(torch.float32)
-            target = torch.stack([torch.as_tensor(t)[1:2] for t in y]).to(objects.device, objects.dtype)
-            dice = compute_dice(objects, target, ignore_empty=False).flatten().tolist()
-            for row, d in zip(self.rows[n:], dice):
+        _, y = self.output_transform(engine.state.output)
+        target = torch.stack([torch.as_tensor(t)[1:2] for t in y]).float().cpu()  # [N, 1, *spatial], the class
+        objects = self._gather(engine, items, self.baseline_key)
+        if objects is not None:  # Dice of the class-agnostic all-objects mask
+            objects = objects.reshape(target.shape)
+            for row, d in zip(self.rows[n:], compute_dice(objects, target, ignore_empty=False).flatten().tolist()):
                 row["dice_all_objects_baseline"] = d
         if self.baselines:
-            self._score_baselines(engine, items, n)
+            self._score_baselines(engine, items, n, target)
         self._warn_degenerate(engine, items, n)
 
-    def _score_baselines(self, engine: Engine, items: list, n: int) -> None:
-        """Dice of every baseline's answer to the batch's episodes, into the rows from ``n``."""
-        _, y = self.output_transform(engine.state.output)
-        target = torch.stack([torch.as_tensor(t)[1:2] for t in y]).float().cpu()
+    @staticmethod
+    def _gather(engine: Engine, items: list, key: str) -> torch.Tensor | None:
+        """``key`` of every episode of the batch as one float CPU tensor ``[N, ...]``; ``None`` when an item lacks it.
 
-        decollated = isinstance(engine.state.batch, list)  # items are single episodes, else batches
+        ``items`` are single episodes (stacked) when the engine's batch is a decollated list, else batches
+        (concatenated).
+        """
+        if not items or not all(key in b for b in items):
+            return None
+        parts = [torch.as_tensor(b[key]) for b in items]
+        return (torch.stack(parts) if isinstance(engine.state.batch, list) else torch.cat(parts)).float().cpu()
 
-        def cat(key: str) -> torch.Tensor | None:
-            if not all(key in b for b in items):
-                return None
-            parts = [torch.as_tensor(b[key]) for b in items]
-            return (torch.stack(parts) if decollated else torch.cat(parts)).float().cpu()
-
-        query, support, support_mask = cat(self.image_key), cat(f"support_{self.image_key}"), cat("support_label")
+    def _score_baselines(self, engine: Engine, items: list, n: int, target: torch.Tensor) -> None:
+        """Dice of every baseline's answer to the batch's episodes (against ``target`` ``[N, 1, *spatial]``), into
+        the rows from ``n``."""
+        query = self._gather(engine, items, self.image_key)
+        support = self._gather(engine, items, f"support_{self.image_key}")
+        support_mask = self._gather(engine, items, "support_label")
         if query is None or support is None or support_mask is None:
             raise KeyError(
                 f"one-shot baselines need the batch keys '{self.image_key}', 'support_{self.image_key}' and "
                 "'support_label' (episodes of maskseg_monai.data.episodes.EpisodeDataset)."
             )
-        masks = oneshot_baselines(self.baselines, query, support, support_mask, cat(self.body_key))
+        body = self._gather(engine, items, self.body_key)
+        masks = oneshot_baselines(self.baselines, query, support, support_mask, body)
         for name, mask in masks.items():
             dice = compute_dice(mask, target, ignore_empty=False).flatten().tolist()
             for row, d in zip(self.rows[n:], dice):
