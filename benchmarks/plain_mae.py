@@ -11,8 +11,6 @@ model. It is a benchmark reference only: no checks, no export, no masking polici
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -119,4 +117,4 @@ def plain_mae_loss(out: tuple[torch.Tensor, torch.Tensor], image: torch.Tensor, 
 
 def count_parameters(net: nn.Module) -> int:
     """Trainable parameter count (to check a reference has the compared network's size)."""
-    return sum(math.prod(p.shape) for p in net.parameters() if p.requires_grad)
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)

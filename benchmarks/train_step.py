@@ -12,7 +12,7 @@ same case, to our MAE step and to the plain MAE step in the same mode.
     python benchmarks/train_step.py --device cuda --cases all --output benchmarks/RESULTS.md
     python benchmarks/train_step.py --device cuda --cases mae2d_p16,mae3d_p8 --models ours,amlp --modes bf16+compile
     OMP_NUM_THREADS=2 python benchmarks/train_step.py --device cpu --cases mainjob2d_p8 --models plain,ours,amlp \
-        --modes fp32 --steps 30 --repeats 5 --output benchmarks/RESULTS.md   # issue 15's CPU targets
+        --modes fp32 --steps 30 --repeats 9 --output benchmarks/RESULTS.md   # issue 15's CPU targets
     OMP_NUM_THREADS=1 python benchmarks/train_step.py --device cpu --quick   # tiny sizes, a smoke run
 """
 
