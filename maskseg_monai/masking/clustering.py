@@ -9,8 +9,8 @@ __all__ = ["batched_kmeans", "patch_pixel_features"]
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Index ``[B, N]`` of each point's nearest centroid: argmin of ``|c|^2 - 2 x.c`` (the squared distance less
-    ``|x|^2``, the same for every centroid of a point), one fused ``baddbmm``; about half the time of
-    ``torch.cdist(x, c).argmin(-1)`` at MPS's sizes."""
+    ``|x|^2``, the same for every centroid of a point), one fused ``baddbmm``; about a third of the time of
+    ``torch.cdist(x, c).argmin(-1)`` at MPS's sizes (``[32, 64, 192]`` points, 2 centroids, 2 CPU threads)."""
     return torch.baddbmm(centroids.pow(2).sum(-1)[:, None, :], x, centroids.transpose(1, 2), alpha=-2).argmin(-1)
 
 
