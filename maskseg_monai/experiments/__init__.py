@@ -1,5 +1,5 @@
 """Experiment commands over the bundles (``python -m maskseg_monai.experiments.{sweep,ablation,study,probe}``) and
-the shared runner, validation, evaluation, report and command-line pieces."""
+the shared runner, validation, evaluation, report, pretraining-arm and command-line pieces."""
 
 from maskseg_monai.experiments.cli import (
     COMMON_RESERVED_KEYS,
@@ -34,6 +34,16 @@ from maskseg_monai.experiments.evaluate import (
     evaluate_cell,
     fit_cell_baselines,
     score_label_maps,
+)
+from maskseg_monai.experiments.pretraining import (
+    DEFAULT_LABELLED_DEMO_SET,
+    DEFAULT_PRETRAIN_DEMO_SET,
+    ENCODER_KEYS,
+    PRETRAIN_BUNDLES,
+    check_encoder_sizes,
+    kept_rows,
+    pretrain,
+    split_overrides,
 )
 from maskseg_monai.experiments.report import (
     LEARNED_COLUMN,
@@ -81,14 +91,18 @@ __all__ = [
     "DEFAULT_BASELINE_CROPS",
     "DEFAULT_DEMO_SET",
     "DEFAULT_EPOCHS",
+    "DEFAULT_LABELLED_DEMO_SET",
+    "DEFAULT_PRETRAIN_DEMO_SET",
     "DEFAULT_SEEDS",
     "DEFAULT_SMALL_AREA",
     "DEFAULT_SMALL_DILATION",
+    "ENCODER_KEYS",
     "GAIN_METRICS",
     "GLOBAL_METRICS",
     "LEARNED_COLUMN",
     "LEARNED_MARGIN_DB",
     "LESION_METRICS",
+    "PRETRAIN_BUNDLES",
     "REGION_METRICS",
     "REPORTED_KEYS",
     "SCORED_REGIONS",
@@ -102,6 +116,7 @@ __all__ = [
     "baseline_sections",
     "bundle_config_file",
     "bundle_config_files",
+    "check_encoder_sizes",
     "check_run_inputs",
     "check_seeds",
     "check_small_region",
@@ -114,6 +129,7 @@ __all__ = [
     "group_runs",
     "is_learned",
     "iter_batches",
+    "kept_rows",
     "labelled_set",
     "load_items",
     "load_pyplot",
@@ -125,6 +141,7 @@ __all__ = [
     "parse_override",
     "parse_overrides",
     "prepare_data",
+    "pretrain",
     "probe_cells",
     "read_bundle",
     "run_cells",
@@ -132,6 +149,7 @@ __all__ = [
     "run_settings",
     "save_figure",
     "score_label_maps",
+    "split_overrides",
     "summarize_runs",
     "train_cell",
     "validation_set",

@@ -33,16 +33,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from monai.bundle import ConfigParser
 
 from maskseg_monai.data import ensure_demo_datalist, load_datalist
 from maskseg_monai.experiments.cli import (
@@ -61,18 +57,16 @@ from maskseg_monai.experiments.finetune import (
     nested_subsets,
     write_subset_datalist,
 )
-from maskseg_monai.experiments.report import (
-    format_value,
-    load_pyplot,
-    markdown_table,
-    mean_std,
-    paired_gains,
-    read_csv,
-    save_figure,
-    summarize_runs,
-    write_csv,
-    write_markdown,
+from maskseg_monai.experiments.pretraining import (
+    DEFAULT_LABELLED_DEMO_SET,
+    DEFAULT_PRETRAIN_DEMO_SET,
+    PRETRAIN_BUNDLES,
+    check_encoder_sizes,
+    kept_rows,
+    pretrain,
+    split_overrides,
 )
+from maskseg_monai.experiments.report import markdown_table
 from maskseg_monai.experiments.runner import (
     Cell,
     bundle_config_files,
@@ -82,31 +76,17 @@ from maskseg_monai.experiments.runner import (
     run_overrides,
     train_cell,
 )
+from maskseg_monai.experiments.study_report import (
+    ARMS,
+    GAIN_COLUMNS,
+    by_k,
+    saturation_check,
+    write_study_results,
+)
 from maskseg_monai.metrics.segmentation import SIZE_THRESHOLDS, size_bucket_names
 
-__all__ = [
-    "ARMS",
-    "PRETRAIN_BUNDLES",
-    "ENCODER_KEYS",
-    "RESERVED_KEYS",
-    "DEFAULT_OUTPUT_DIR",
-    "DEFAULT_LABELS",
-    "split_overrides",
-    "check_encoder_sizes",
-    "gains_over_scratch",
-    "saturation_check",
-    "plot_study",
-    "run_study",
-    "main",
-]
+__all__ = ["RESERVED_KEYS", "DEFAULT_OUTPUT_DIR", "DEFAULT_LABELS", "DEFAULT_FINETUNE_STEPS", "run_study", "main"]
 
-#: the fine-tuning arms, in table order; each but ``scratch`` names the bundle that pretrains its encoder
-ARMS = ("scratch", "mae", "amlp")
-PRETRAIN_BUNDLES = ("mae", "amlp")
-#: bundle keys that must resolve to the same value in the pretraining bundles and the UNETR
-ENCODER_KEYS = (
-    "spatial_dims", "in_channels", "img_size", "patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads",
-)  # fmt: skip
 #: bundle keys the study sets itself, and the option that sets them
 RESERVED_KEYS: dict[str, str] = {
     **COMMON_RESERVED_KEYS,
@@ -118,168 +98,11 @@ RESERVED_KEYS: dict[str, str] = {
     "warmup_epochs": "--finetune_warmup (the pretraining bundles keep their own)",
 }
 DEFAULT_OUTPUT_DIR = "sweeps/unetr_study"
-DEFAULT_PRETRAIN_DEMO_SET = "nuclei2d_regions"
-DEFAULT_FINETUNE_DEMO_SET = "nuclei2d"
+DEFAULT_FINETUNE_DEMO_SET = DEFAULT_LABELLED_DEMO_SET
 #: labelled-set sizes k
 DEFAULT_LABELS = (2, 4, 8, 16)
 #: the bundle's own fine-tuning budget: 40 epochs of the 6 batches of 8 that nuclei2d's 48 training tiles make
 DEFAULT_FINETUNE_STEPS = 240
-#: summary columns of results.md (``dice_small`` is the smallest size bucket's Dice)
-SUMMARY_COLUMNS = ("dice", "dice_small", "f1", "precision", "recall", "train_seconds")
-#: the scores compared between arms
-GAIN_COLUMNS = ("dice", "dice_small", "f1")
-
-
-def split_overrides(overrides: Mapping[str, Any], parsers: Mapping[str, ConfigParser]) -> dict[str, dict[str, Any]]:
-    """Give each bundle the overrides whose key it declares (e.g. ``out_channels`` only to the UNETR).
-
-    Args:
-        overrides: ``key -> value`` overrides for every bundle (``--override``).
-        parsers: bundle name -> its parsed config (:func:`~maskseg_monai.experiments.read_bundle`).
-
-    Returns:
-        bundle name -> the overrides it declares.
-
-    Raises:
-        ValueError: for a key that no bundle declares (most likely a typo).
-    """
-    unknown = [k for k in overrides if not any(k in p for p in parsers.values())]
-    if unknown:
-        raise ValueError(f"--override keys {unknown} are declared by none of the bundles {list(parsers)}.")
-    return {name: {k: v for k, v in overrides.items() if k in p} for name, p in parsers.items()}
-
-
-def check_encoder_sizes(parsers: Mapping[str, ConfigParser], keys: Sequence[str] = ENCODER_KEYS) -> dict[str, Any]:
-    """Check that the encoder keys resolve to the same values in every bundle, so that an encoder transfers.
-
-    Returns:
-        ``key -> value`` of the shared encoder settings.
-
-    Raises:
-        ValueError: naming the first key whose values differ, with each bundle's value.
-    """
-    shared: dict[str, Any] = {}
-    for key in keys:
-        values = {name: p.get_parsed_content(key) for name, p in parsers.items()}
-        if len({json.dumps(v, default=str) for v in values.values()}) > 1:
-            raise ValueError(
-                f"'{key}' differs between the bundles {values}; the encoder must have the same sizes in pretraining "
-                f"and fine-tuning: pass --override {key}=<value> for all of them."
-            )
-        shared[key] = next(iter(values.values()))
-    return shared
-
-
-def _by_k(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], group: str = "arm") -> list[dict[str, Any]]:
-    """:func:`summarize_runs` per labelled-set size: one row per ``k`` x ``group`` (``k`` ascending, arms in
-    :data:`ARMS` order)."""
-    table = []
-    for k in sorted({r["k"] for r in rows}):
-        table += [{"k": k, **t} for t in summarize_runs([r for r in rows if r["k"] == k], columns, group, ARMS)]
-    return table
-
-
-def gains_over_scratch(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = GAIN_COLUMNS
-) -> list[dict[str, Any]]:
-    """Paired differences of each pretrained run from the scratch run of the same ``k`` and seed (the same items,
-    seed and steps).
-
-    Args:
-        rows: study rows (``arm``, ``k``, ``seed`` and the ``columns``).
-        columns: the scores to compare.
-
-    Returns:
-        one row per pretrained run that has a scratch partner: ``arm``, ``k``, ``seed``, then
-        ``run[c] - scratch[c]`` per column.
-
-    Example:
-        >>> rows = [{"arm": "scratch", "k": 2, "seed": 0, "dice": 0.5}, {"arm": "mae", "k": 2, "seed": 0, "dice": 0.6}]
-        >>> [(g["arm"], round(g["dice"], 3)) for g in gains_over_scratch(rows, ["dice"])]
-        [('mae', 0.1)]
-    """
-    return paired_gains(rows, columns, "scratch", ("k", "seed"))
-
-
-def saturation_check(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.01) -> list[dict[str, Any]]:
-    """Is the scratch arm still learning at the end of the budget? One row per ``k``.
-
-    Compares the bundle's validation Dice (``val_mean_dice``) at the middle and at the end of fine-tuning
-    (``val_dice_mid``, ``val_dice_last``) and the training loss over the steps before each (``train_loss_mid``,
-    ``train_loss_last``), averaged over seeds. Scratch is *saturated* at ``k`` when its mean Dice rise is at most
-    ``tolerance``: then the budget is long enough for it to reach its plateau.
-
-    Args:
-        rows: study rows; only the ``scratch`` ones are read.
-        tolerance: the least mean rise of validation Dice from the middle to the end that counts as still rising.
-
-    Returns:
-        ``k``, ``runs``, the four values and ``val_dice_rise`` (mean ± std over seeds), ``loss_falling``
-        (``yes``/``no``) and ``verdict`` (``rising``, or ``saturated``).
-    """
-    columns = ["val_dice_mid", "val_dice_last", "val_dice_rise", "train_loss_mid", "train_loss_last"]
-    table = []
-    for k in sorted({r["k"] for r in rows if r["arm"] == "scratch"}):
-        runs = [dict(r) for r in rows if r["arm"] == "scratch" and r["k"] == k]
-        for r in runs:
-            r["val_dice_rise"] = r["val_dice_last"] - r["val_dice_mid"]
-        (row,) = summarize_runs(runs, columns, "k")
-        rise = mean_std([r["val_dice_rise"] for r in runs])[0]
-        drop = mean_std([r["train_loss_mid"] - r["train_loss_last"] for r in runs])[0]
-        row["loss_falling"] = "nan" if math.isnan(drop) else ("yes" if drop > 0 else "no")
-        row["verdict"] = "nan" if math.isnan(rise) else ("rising" if rise > tolerance else "saturated")
-        table.append(row)
-    return table
-
-
-def plot_study(
-    rows: Sequence[Mapping[str, Any]],
-    path: str | Path,
-    metrics: Sequence[str] = ("dice", "dice_small"),
-    labels: Sequence[str] | None = None,
-    title: str = "",
-) -> str:
-    """Label-efficiency curves: one panel per metric, score against ``k`` per arm (mean over seeds, error bar =
-    std), each seed as a dot; written atomically.
-
-    Args:
-        rows: study rows with ``arm``, ``k`` and the ``metrics``.
-        path: the PNG to write.
-        metrics: one panel each. Defaults to mean Dice and small-object Dice.
-        labels: panel title per metric. Defaults to the metric names.
-        title: figure title.
-
-    Returns:
-        the path written.
-
-    Raises:
-        ImportError: without matplotlib.
-    """
-    plt = load_pyplot("the study's plot")
-    arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
-    ks = sorted({int(r["k"]) for r in rows})
-    labels = list(labels or metrics)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(1.0 + 3.6 * len(metrics), 3.6), squeeze=False)
-    for ax, metric, label in zip(axes[0], metrics, labels):
-        for i, arm in enumerate(arms):
-            shift = 1.0 + 0.04 * (i - (len(arms) - 1) / 2)  # arms side by side on the log axis
-            stats = [mean_std([r.get(metric, math.nan) for r in rows if r["arm"] == arm and r["k"] == k]) for k in ks]
-            means = [m for m, _ in stats]
-            errs = [0.0 if math.isnan(s) else s for _, s in stats]
-            ax.errorbar(np.array(ks) * shift, means, yerr=errs, marker="o", capsize=3, label=arm)
-            dots = [(int(r["k"]) * shift, float(r.get(metric, math.nan))) for r in rows if r["arm"] == arm]
-            ax.scatter([x for x, _ in dots], [y for _, y in dots], color="black", s=8, zorder=3)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("labelled training images (k)")
-        ax.set_ylabel("validation score")
-        ax.set_ylim(0, 1)
-        ax.set_title(label, fontsize="medium")
-    axes[0][0].legend(title="encoder", fontsize="small")
-    if title:
-        fig.suptitle(title, fontsize="medium")
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 def run_study(
@@ -376,24 +199,24 @@ def run_study(
     source = Path(finetune_datalist or ensure_demo_datalist(data_dir, finetune_demo_set)).resolve()
     num_items = len(load_datalist(source, "training"))
 
-    pretrain: dict[tuple[str, int], Cell] = {}
+    pretrains: dict[tuple[str, int], Cell] = {}
     finetune: list[Cell] = []
     for seed in seeds:
         for b in PRETRAIN_BUNDLES:
             root = output_dir / "runs" / f"{b}_seed{seed}"
             over = run_overrides(epochs[b], seed, root, data_dir, pretrain_demo_set, pretrain_datalist, per_bundle[b])
-            pretrain[b, seed] = Cell(f"pretrain {b}, seed {seed}", {"root": root}, over)
+            pretrains[b, seed] = Cell(f"pretrain {b}, seed {seed}", {"root": root}, over)
         for k, items in nested_subsets(num_items, labels, seed, str(source)).items():
             subset = write_subset_datalist(source, items, output_dir / "datalists" / f"k{k}_seed{seed}.json")
             for arm in ARMS:
                 root = output_dir / "runs" / f"unetr_{arm}_k{k}_seed{seed}"
-                enc = "" if arm == "scratch" else str(pretrain[arm, seed].info["root"] / "models" / "encoder.pt")
+                enc = "" if arm == "scratch" else str(pretrains[arm, seed].info["root"] / "models" / "encoder.pt")
                 info = {"arm": arm, "k": k, "seed": seed, "pretrain_epochs": epochs.get(arm, 0)}
                 over = run_overrides(finetune_validations, seed, root, data_dir, None, subset, per_bundle["unetr_seg"],
                                      {**schedule, "pretrained_encoder": enc})  # fmt: skip
                 finetune.append(Cell(f"UNETR {arm}, k {k}, seed {seed}", info | {"encoder": enc or None}, over))
     for b in PRETRAIN_BUNDLES:
-        probe_cells(files[b], [c for (name, _), c in pretrain.items() if name == b][:1])
+        probe_cells(files[b], [c for (name, _), c in pretrains.items() if name == b][:1])
     probe_cells(files["unetr_seg"], finetune[:1])
 
     command = command or "maskseg_monai.experiments.study.run_study(...)"
@@ -433,47 +256,16 @@ def run_study(
         "torch threads": torch.get_num_threads(),
     }
     total = len(finetune)
-    run_columns = ["arm", "k", "seed", "steps", "train_loss", *GAIN_COLUMNS, "val_dice_mid", "val_dice_last",
-                   "encoder_loaded", "encoder_tensors", "encoder_missing", "encoder_unexpected", "train_seconds",
-                   "pretrain_seconds"]  # fmt: skip
 
     def save(rows: list[dict[str, Any]]) -> None:
-        write_csv(rows, output_dir / "results.csv")
-        pretrained = [r for r in rows if r["arm"] != "scratch"]
-        loads = sorted({f"{r['encoder_loaded']}/{r['encoder_tensors']}" for r in pretrained})
-        transfer = (
-            f"{len(pretrained)} fine-tuning(s) of the pretrained arms loaded {' or '.join(loads) or 'no'} encoder "
-            f"tensors: {sum(r['encoder_missing'] for r in pretrained)} missing, "
-            f"{sum(r['encoder_unexpected'] for r in pretrained)} unexpected keys in all (a run with any stops the "
-            "study); per run in `results.csv` (`encoder_*`)."
-        )
-        gains = gains_over_scratch(rows)
-        sections = [
-            *([f"**Partial results: {len(rows)} of {total} runs done.**"] if len(rows) < total else []),
-            "## Mean ± std over seeds\n\n" + markdown_table(_by_k(rows, SUMMARY_COLUMNS)),
-            "## Dice by object size\n\n" + markdown_table(_by_k(rows, [f"dice_{b}" for b in buckets])),
-            "## Gain over scratch (paired by k and seed; mean ± std over seeds)\n\n"
-            + (markdown_table(_by_k(gains, GAIN_COLUMNS)) if gains else "no pair yet"),
-            "## Is scratch saturated? (validation Dice and training loss, middle vs end of fine-tuning)\n\n"
-            + markdown_table(saturation_check(rows, saturation_tolerance)),  # scratch runs first at each k
-            "## Encoder transfer\n\n" + transfer,
-            "## Runs\n\n"
-            + markdown_table([{c: format_value(r[c], c) for c in run_columns} for r in rows], run_columns),
-        ]
-        write_markdown(output_dir / "results.md", "Label efficiency: UNETR from scratch vs MAE vs AMLP pretraining",
-                       command, settings, sections)  # fmt: skip
-        title = f"UNETR fine-tuning on k labelled images, {len({r['seed'] for r in rows})} seed(s)"
-        plot_study(rows, output_dir / "study.png", labels=("Dice", f"small-object Dice ({buckets[0]})"), title=title)
+        write_study_results(rows, output_dir, total, command, settings, size_thresholds, saturation_tolerance)
 
     rows: list[dict[str, Any]] = []
-    done: dict[tuple[str, int, int], dict[str, Any]] = {}
-    if resume and (output_dir / "results.csv").is_file():
-        planned = {(c.info["arm"], c.info["k"], c.info["seed"]): c.info["pretrain_epochs"] for c in finetune}
-        for row in read_csv(output_dir / "results.csv"):
-            key = (row["arm"], row["k"], row["seed"])
-            if planned.get(key) == row["pretrain_epochs"] and row["steps"] == finetune_steps:
-                done[key] = row
-        log(f"--resume: {len(done)} of {total} runs kept from {output_dir / 'results.csv'}")
+    done: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if resume:
+        planned = {(c.info["arm"], c.info["k"], c.info["seed"]): {"pretrain_epochs": c.info["pretrain_epochs"],
+                   "steps": finetune_steps} for c in finetune}  # fmt: skip
+        done = kept_rows(output_dir / "results.csv", planned, ("arm", "k", "seed"), log)
     pretrain_seconds: dict[tuple[str, int], float] = {}
     for i, cell in enumerate(finetune, 1):
         arm, seed, enc = cell.info["arm"], cell.info["seed"], cell.info["encoder"]
@@ -482,13 +274,7 @@ def run_study(
             continue
         for b in PRETRAIN_BUNDLES:  # both encoders of a seed, before its first fine-tuning
             if (b, seed) not in pretrain_seconds:
-                log(f"{pretrain[b, seed].label}: training {epochs[b]} epoch(s) ...")
-                workflow, info = train_cell(files[b], pretrain[b, seed].overrides, progress_bar=progress_bar)
-                pretrain_seconds[b, seed] = info["train_seconds"]
-                log(f"{pretrain[b, seed].label}: {info['steps']} steps in {info['train_seconds']:.0f} s, "
-                    f"loss {info['train_loss']:.4f}")  # fmt: skip
-                del workflow
-                gc.collect()
+                pretrain_seconds[b, seed] = pretrain(pretrains[b, seed], files[b], progress_bar, log)["train_seconds"]
         log(f"[{i}/{total}] {cell.label}: fine-tuning {finetune_steps} steps ...")
         with FinetuneMonitor(cell.label, enc) as monitor:
             workflow, info = train_cell(files["unetr_seg"], cell.overrides, progress_bar, on_initialized=monitor)
@@ -596,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         command=command_line("maskseg_monai.experiments.study", argv), progress_bar=args.progress_bar,
         resume=args.resume,
     )  # fmt: skip
-    print(markdown_table(_by_k(rows, GAIN_COLUMNS)))
+    print(markdown_table(by_k(rows, GAIN_COLUMNS)))
     print(f"results in {Path(args.output_dir).resolve()}")
     return rows
 

@@ -1,17 +1,15 @@
-"""The dense linear probe: the probe learns what the features encode, and a tiny real run through the command line."""
+"""The probe command: a tiny real run through the command line, --resume, and the checks made before any training."""
 
 from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
 
-from maskseg_monai.experiments import probe, score_label_maps
-from maskseg_monai.networks.blocks import ViTEncoder
+from maskseg_monai.experiments import PRETRAIN_BUNDLES, probe
 
 TINY = {
     "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4,
@@ -19,96 +17,6 @@ TINY = {
     "steps_per_epoch": 2, "batch_size": 4,
 }  # fmt: skip
 TINY_ARGS = [arg for k, v in TINY.items() for arg in ("--override", f"{k}={v}")]
-
-
-def _squares(n: int = 6, size: int = 32, patch: int = 4, seed: int = 0) -> torch.Tensor:
-    """Label maps ``[n, 1, size, size]``: random 2x2-patch squares of class 1, aligned to the patch grid."""
-    g = torch.Generator().manual_seed(seed)
-    grid = size // patch
-    cells = (torch.rand(n, 1, grid // 2, grid // 2, generator=g) < 0.3).float()
-    cells[:, :, 0, 0] = 1.0  # every image has foreground
-    return cells.repeat_interleave(2 * patch, 2).repeat_interleave(2 * patch, 3)
-
-
-def _patch_features(labels: torch.Tensor, patch: int, informative: bool, seed: int = 1) -> torch.Tensor:
-    """Patch-grid features ``[n, 8, grid, grid]``: noise, with channel 0 the patch's label when ``informative``."""
-    g = torch.Generator().manual_seed(seed)
-    n, _, h, w = labels.shape
-    feats = torch.randn(n, 8, h // patch, w // patch, generator=g)
-    if informative:
-        feats[:, 0] = 4 * F.avg_pool2d(labels, patch)[:, 0] - 2 + 0.1 * feats[:, 0]
-    return feats
-
-
-def test_probe_learns_features_that_encode_the_label():
-    labels = _squares(8)
-    scores = {}
-    for informative in (True, False):
-        feats = _patch_features(labels, 4, informative)
-        fitted, loss = probe.fit_probe(feats[:4], labels[:4], num_classes=2, steps=50)
-        with torch.no_grad():
-            pred = fitted(feats[4:], labels.shape[2:]).argmax(1, keepdim=True)
-        scores[informative] = score_label_maps(list(pred), list(labels[4:].long()), 2)["dice"], loss
-    assert scores[True][0] > 0.97 and scores[False][0] < 0.6, scores  # held-out images
-    assert scores[True][1] < scores[False][1], scores
-
-
-def test_upsampled_logits_equal_the_classifier_of_upsampled_features():
-    head = probe.DenseLinearProbe(8, 3)
-    torch.nn.init.normal_(head.head.weight)
-    torch.nn.init.normal_(head.head.bias)
-    head.standardize_with(torch.randn(4, 8, 4, 4))
-    feats = torch.randn(2, 8, 4, 4)
-    upsampled = F.interpolate(feats, size=(16, 16), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(head(feats, (16, 16)), head(upsampled, (16, 16)), rtol=1e-5, atol=1e-5)
-
-
-def test_class_balance_changes_the_fit():
-    labels = _squares(4)
-    feats = _patch_features(labels, 4, informative=False)
-    balanced, _ = probe.fit_probe(feats, labels, 2, steps=20)
-    plain, _ = probe.fit_probe(feats, labels, 2, steps=20, class_balanced=False)
-    with torch.no_grad():
-        fg = [p(feats, (32, 32)).argmax(1).float().mean() for p in (balanced, plain)]
-    assert fg[0] > fg[1]  # plain CE on uninformative features predicts the majority (background) more often
-
-
-def test_fit_probe_ill_arguments():
-    labels = _squares(2)
-    feats = _patch_features(labels, 4, informative=True)
-    with pytest.raises(ValueError, match="no pixel of class"):
-        probe.fit_probe(feats, torch.zeros_like(labels), 2)
-    with pytest.raises(ValueError, match="labels must be in 0..1"):
-        probe.fit_probe(feats, labels * 2, 2)
-    with pytest.raises(ValueError, match="steps"):
-        probe.fit_probe(feats, labels, 2, steps=0)
-    with pytest.raises(ValueError, match=r"labels \[N, 1, \*spatial\]"):
-        probe.fit_probe(feats, labels[:1], 2)
-    with pytest.raises(ValueError, match="num_classes"):
-        probe.DenseLinearProbe(8, 1)
-    with pytest.raises(ValueError, match="spatial_dims"):
-        probe.DenseLinearProbe(8, 2, spatial_dims=1)
-
-
-def test_encoder_features_are_the_frozen_final_tokens():
-    enc = ViTEncoder(1, 32, 8, hidden_size=48, mlp_dim=96, num_layers=2, num_heads=4, spatial_dims=2, dropout_rate=0.5)
-    images = [torch.rand(1, 32, 32) for _ in range(3)]
-    feats = probe.encoder_features(enc, images, batch_size=2)
-    assert feats.shape == (3, 48, 4, 4) and not feats.requires_grad and not enc.training
-    torch.testing.assert_close(feats, probe.encoder_features(enc, images, batch_size=3))  # eval: no dropout
-    torch.testing.assert_close(feats[1], enc.tokens_to_map(enc(images[1][None])[0])[0])
-    with pytest.raises(ValueError, match="expected input"):
-        probe.encoder_features(enc, [torch.rand(1, 16, 16)])
-
-
-def test_choose_probe_images():
-    first = probe.choose_probe_images(48, 4, 0)
-    assert set(first) <= set(probe.choose_probe_images(48, 8, 0))  # the study's nested subsets
-    assert first == probe.choose_probe_images(48, 4, 0) == sorted(set(first)) and len(first) == 4
-    assert first != probe.choose_probe_images(48, 4, 1)
-    for k in (0, 49):
-        with pytest.raises(ValueError, match=r"--probe_images must be in \[1, 48\]"):
-            probe.choose_probe_images(48, k, 0)
 
 
 @pytest.mark.parametrize(
@@ -128,11 +36,20 @@ def test_run_probe_fails_before_training(tmp_path, kwargs, message):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results.csv").exists()
 
 
+def _argv(out: Path, *extra: str) -> list[str]:
+    return ["--patch_sizes", "8", "16", "--seeds", "0", "--pretrain_epochs", "1", "--output_dir", str(out),
+            *TINY_ARGS, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_probe(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("probe")
+    return out, probe.main(_argv(out))
+
+
 @pytest.mark.slow
-def test_tiny_probe_writes_results(tmp_path):
-    argv = ["--patch_sizes", "8", "16", "--seeds", "0", "--pretrain_epochs", "1", "--output_dir", str(tmp_path),
-            *TINY_ARGS]  # fmt: skip
-    rows = probe.main(argv)
+def test_tiny_probe_writes_results(tiny_probe):
+    tmp_path, rows = tiny_probe
     with open(tmp_path / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [(r["arm"], r["patch_size"], r["seed"]) for r in table] == [
@@ -150,7 +67,7 @@ def test_tiny_probe_writes_results(tmp_path):
         assert r["steps"] == ("0" if r["arm"] == "random" else "2")  # 1 epoch of steps_per_epoch=2 batches
     assert len({r["probe_images"] for r in table}) == 1  # one seed: the same k images for every arm and patch
     assert rows[0]["dice"] == pytest.approx(float(table[0]["dice"]), rel=1e-4)
-    for b in probe.PRETRAIN_BUNDLES:
+    for b in PRETRAIN_BUNDLES:
         for p in (8, 16):
             assert (tmp_path / "runs" / f"{b}_p{p}_seed0" / "models" / "encoder.pt").is_file()
 
@@ -161,3 +78,21 @@ def test_tiny_probe_writes_results(tmp_path):
     assert "| 8 | mae | 1 |" in gains and "| 16 | amlp | 1 |" in gains and "random |" not in gains
     assert "`hidden_size=48`" in md and "demo set `nuclei2d_regions`" in md and "k = 4 of its 48" in md
     assert not list(Path(tmp_path).glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_finished_runs_and_runs_the_rest(tiny_probe, tmp_path):
+    out = tmp_path / "probe"
+    shutil.copytree(tiny_probe[0], out)
+    lines = (out / "results.csv").read_text().splitlines()
+    (out / "results.csv").write_text("\n".join(lines[:-1]) + "\n")  # stopped before its last run (amlp, patch 16)
+    logs = []
+    rows = probe.run_probe([8, 16], [0], 1, output_dir=out, overrides=TINY, log=logs.append, resume=True)
+    assert "--resume: 5 of 6 runs kept" in logs[0]
+    assert [line for line in logs if "training" in line] == ["pretrain amlp, patch 16, seed 0: training 1 epoch(s) ..."]
+    after = (out / "results.csv").read_text().splitlines()
+    assert after[:-1] == lines[:-1] and len(rows) == 6 and after[-1].startswith("amlp,16,0,1,2,")
+    logs.clear()
+    probe.run_probe([8, 16], [0], 1, output_dir=out, overrides=TINY, log=logs.append, resume=True)
+    assert not [line for line in logs if "training" in line]  # all kept: nothing trains
+    assert (out / "results.csv").read_text().splitlines() == after
