@@ -30,7 +30,9 @@ Every variant trains in-process with the same seed, data and epochs (:mod:`masks
   ``category_recall`` of MPS's lesion category against the lesion patches (NaN without MPS); see
   :func:`~maskseg_monai.metrics.mps_hit_rates`. *Lesion* is any label > 0 unless ``--lesion_classes`` says otherwise.
 
-Downstream Dice after UNETR fine-tuning is not measured yet; it comes with the UNETR bundle.
+Downstream Dice is not the ablation's: the label-efficiency study (:mod:`maskseg_monai.experiments.study`) fine-tunes
+UNETR from the MAE and AMLP encoders, and the probe (:mod:`maskseg_monai.experiments.probe`) scores their frozen
+features.
 
 Run it as a module::
 
@@ -71,12 +73,14 @@ from maskseg_monai.experiments.evaluate import (
     GAIN_METRICS,
     GLOBAL_METRICS,
     LESION_METRICS,
+    MPS_METRICS,
     REGION_METRICS,
     REPORTED_KEYS,
     check_small_region,
     describe_baselines,
     describe_small_region,
     evaluate_cell,
+    evaluate_mps,
     fit_cell_baselines,
 )
 from maskseg_monai.experiments.report import (
@@ -100,23 +104,18 @@ from maskseg_monai.experiments.runner import (
     run_cells,
     run_overrides,
 )
-from maskseg_monai.experiments.validation import ValidationSet, iter_batches
+from maskseg_monai.experiments.validation import ValidationSet
 from maskseg_monai.masking.masks import num_masked_patches
-from maskseg_monai.masking.outputs import split_mae_output
-from maskseg_monai.masking.patches import grid_size, image_mask_to_patches
-from maskseg_monai.metrics.masking import mps_hit_rates
+from maskseg_monai.masking.patches import grid_size
 from maskseg_monai.utils import as_bool
 
 __all__ = [
     "VARIANTS",
     "COMPONENTS",
     "RESERVED_KEYS",
-    "MPS_METRICS",
     "check_variants",
     "component_values",
     "variant_overrides",
-    "lesion_patches",
-    "evaluate_mps",
     "component_effects",
     "run_ablation",
     "main",
@@ -134,7 +133,6 @@ COMPONENTS: dict[str, tuple[str, Any]] = {
 DEFAULT_OUTPUT_DIR = "sweeps/amlp_ablation"
 #: bundle keys the ablation sets itself; each has its own command-line option
 RESERVED_KEYS: dict[str, str] = {"seed": "--seeds", **COMMON_RESERVED_KEYS}
-MPS_METRICS = ("mps_hit_rate", "chance_hit_rate", "category_precision", "category_recall")
 _AMLP_KEYS = (
     "patch_size", "mask_ratio", "amr_start", "amr_end", "amr_schedule", "mps_features", "mps_clusters", "mps_iters",
     "mps_warmup", "mps_prob", "ccl_hidden", "arl_gamma", "ccl_target",
@@ -236,77 +234,6 @@ def variant_overrides(variant: str, on: Mapping[str, Any]) -> dict[str, Any]:
     return over
 
 
-def lesion_patches(
-    labels: torch.Tensor, lesion_classes: Sequence[int], patch_size: Sequence[int] | int
-) -> torch.Tensor:
-    """Patches holding at least one lesion pixel.
-
-    Args:
-        labels: label maps ``[B, 1, *spatial]``.
-        lesion_classes: the label values that count as lesion.
-        patch_size: the network's patch size.
-
-    Returns:
-        ``[B, L]`` float, 1 = the patch holds a pixel of a lesion class.
-    """
-    classes = torch.as_tensor(list(lesion_classes), dtype=labels.dtype, device=labels.device)
-    return image_mask_to_patches(torch.isin(labels, classes).float(), patch_size)
-
-
-@torch.no_grad()
-def evaluate_mps(
-    network: torch.nn.Module,
-    images: Sequence[torch.Tensor],
-    labels: Sequence[torch.Tensor] | None,
-    lesion_classes: Sequence[int],
-    mask_ratio: float,
-    seed: int = 0,
-    batch_size: int = 8,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """Masked-patch-selection quality: how often the network's own masking policy masks lesion patches.
-
-    The network runs in eval mode without a mask, so it masks as it would in training (AMLP: MPS when
-    ``use_mps``, else uniformly random), at ``mask_ratio``; the random parts (tie-breaking, random masking) are
-    drawn from ``seed``, on a forked RNG. The network's ``mask_ratio`` is restored afterwards.
-
-    Args:
-        network: a trained :class:`~maskseg_monai.networks.AMLPMaskedAutoencoder` (or a masked autoencoder whose
-            output has no category map: the category values are then NaN).
-        images: validation images ``[C, *spatial]``.
-        labels: their label maps ``[1, *spatial]``, or ``None`` (every value is then NaN).
-        lesion_classes: label values that count as lesion.
-        mask_ratio: the masking ratio.
-        seed: seed of the random parts of the masking.
-        batch_size: images per forward pass.
-        device: where to run.
-
-    Returns:
-        :func:`~maskseg_monai.metrics.mps_hit_rates` over all validation images.
-    """
-    if labels is None:
-        return dict.fromkeys(MPS_METRICS, float("nan"))
-    net = getattr(network, "module", network)
-    network.eval()
-    device = torch.device(device)
-    gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    masks, lesions, categories = [], [], []
-    previous = net.mask_ratio
-    try:
-        net.mask_ratio = mask_ratio
-        with torch.random.fork_rng(devices=gpus):
-            torch.manual_seed(seed)
-            for x, y in iter_batches(images, labels, batch_size, device):
-                out = split_mae_output(network(x).float(), x.shape[1], getattr(net, "output_extras", ()))
-                masks.append(image_mask_to_patches(out.mask, net.patch_size))
-                lesions.append(lesion_patches(y, lesion_classes, net.patch_size))
-                if as_bool(getattr(net, "use_mps", False)) and "category" in out.extras:
-                    categories.append(image_mask_to_patches(out.extras["category"], net.patch_size))
-    finally:
-        net.mask_ratio = previous
-    return mps_hit_rates(torch.cat(masks), torch.cat(lesions), torch.cat(categories) if categories else None)
-
-
 def _sections(
     rows: Sequence[Mapping[str, Any]],
     class_names: Mapping[int, str],
@@ -336,8 +263,10 @@ def _sections(
         "## Training\n\n`train_loss` is the last epoch's mean training loss; it includes the ARL and CCL terms, "
         "so it is not comparable between variants.\n\n"
         + markdown_table(summarize_runs(rows, ("steps", "train_loss", "train_seconds"), "variant")),
-        "## Downstream segmentation\n\nDice after UNETR fine-tuning (all objects and by object size) is not "
-        "measured yet: it comes with the UNETR fine-tuning bundle. No Dice value is reported here.",
+        "## Downstream segmentation\n\nNot measured here: `python -m maskseg_monai.experiments.study` fine-tunes "
+        "UNETR from MAE and AMLP encoders (Dice by object size against scratch) and `python -m "
+        "maskseg_monai.experiments.probe` fits a linear probe on their frozen features. No Dice value is reported "
+        "here.",
     ]
 
 
@@ -383,7 +312,7 @@ def run_ablation(
 
     Returns:
         one dict per run: ``variant``, ``seed``, ``epochs``, ``steps``, ``train_loss``, ``train_seconds``, the
-        metrics of :func:`~maskseg_monai.experiments.evaluate_cell` and :func:`evaluate_mps`.
+        metrics of :func:`~maskseg_monai.experiments.evaluate_cell` and :func:`~maskseg_monai.experiments.evaluate_mps`.
 
     Raises:
         ValueError: on a bad variant list, no or repeated seeds, a reserved override, ``epochs < 1``, an

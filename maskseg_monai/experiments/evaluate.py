@@ -14,7 +14,10 @@ from monai.networks.utils import one_hot
 from maskseg_monai.data.sampling import sample_crops
 from maskseg_monai.experiments.validation import iter_batches
 from maskseg_monai.inferers import SeededMaskInferer
+from maskseg_monai.masking.outputs import split_mae_output
+from maskseg_monai.masking.patches import image_mask_to_patches
 from maskseg_monai.metrics.baselines import DEFAULT_SIGMAS, SUPPORTED_FILLS, baseline_fill, fit_baselines
+from maskseg_monai.metrics.masking import mps_hit_rates
 from maskseg_monai.metrics.reconstruction import reconstruct_image, reconstruction_metrics, region_psnr
 from maskseg_monai.metrics.segmentation import (
     SIZE_THRESHOLDS,
@@ -23,6 +26,7 @@ from maskseg_monai.metrics.segmentation import (
     small_object_mask,
     summarize_metrics,
 )
+from maskseg_monai.utils import as_bool
 
 __all__ = [
     "DEFAULT_SMALL_AREA",
@@ -42,6 +46,9 @@ __all__ = [
     "fit_cell_baselines",
     "evaluate_cell",
     "score_label_maps",
+    "MPS_METRICS",
+    "lesion_patches",
+    "evaluate_mps",
 ]
 
 #: small-object threshold in pixels (2D) / voxels (3D): per-class connected components of fewer pixels are small.
@@ -79,6 +86,8 @@ BASELINE_METRICS = tuple(c for m in SCORED_REGIONS for c in baseline_columns(m)[
 GAIN_METRICS = tuple(c for m in SCORED_REGIONS for c in baseline_columns(m)[1])
 #: the lesion region's model PSNR, fills and gains (only with ``lesion_classes``)
 LESION_METRICS = ("psnr_masked_lesion", *(c for cols in baseline_columns("psnr_masked_lesion") for c in cols))
+#: masked-patch-selection quality of a network's own masking (:func:`evaluate_mps`)
+MPS_METRICS = ("mps_hit_rate", "chance_hit_rate", "category_precision", "category_recall")
 
 
 #: bundle keys whose resolved values are recorded in results.md
@@ -306,3 +315,74 @@ def score_label_maps(
     summary = summarize_metrics(rows)
     summary["dice_small"] = summary.get(f"dice_{size_bucket_names(size_thresholds)[0]}", math.nan)
     return summary
+
+
+def lesion_patches(
+    labels: torch.Tensor, lesion_classes: Sequence[int], patch_size: Sequence[int] | int
+) -> torch.Tensor:
+    """Patches holding at least one lesion pixel.
+
+    Args:
+        labels: label maps ``[B, 1, *spatial]``.
+        lesion_classes: the label values that count as lesion.
+        patch_size: the network's patch size.
+
+    Returns:
+        ``[B, L]`` float, 1 = the patch holds a pixel of a lesion class.
+    """
+    classes = torch.as_tensor(list(lesion_classes), dtype=labels.dtype, device=labels.device)
+    return image_mask_to_patches(torch.isin(labels, classes).float(), patch_size)
+
+
+@torch.no_grad()
+def evaluate_mps(
+    network: torch.nn.Module,
+    images: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor] | None,
+    lesion_classes: Sequence[int],
+    mask_ratio: float,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Masked-patch-selection quality: how often the network's own masking policy masks lesion patches.
+
+    The network runs in eval mode without a mask, so it masks as it would in training (AMLP: MPS when
+    ``use_mps``, else uniformly random), at ``mask_ratio``; the random parts (tie-breaking, random masking) are
+    drawn from ``seed``, on a forked RNG. The network's ``mask_ratio`` is restored afterwards.
+
+    Args:
+        network: a trained :class:`~maskseg_monai.networks.AMLPMaskedAutoencoder` (or a masked autoencoder whose
+            output has no category map: the category values are then NaN).
+        images: validation images ``[C, *spatial]``.
+        labels: their label maps ``[1, *spatial]``, or ``None`` (every value is then NaN).
+        lesion_classes: label values that count as lesion.
+        mask_ratio: the masking ratio.
+        seed: seed of the random parts of the masking.
+        batch_size: images per forward pass.
+        device: where to run.
+
+    Returns:
+        :func:`~maskseg_monai.metrics.mps_hit_rates` over all validation images.
+    """
+    if labels is None:
+        return dict.fromkeys(MPS_METRICS, float("nan"))
+    net = getattr(network, "module", network)
+    network.eval()
+    device = torch.device(device)
+    gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    masks, lesions, categories = [], [], []
+    previous = net.mask_ratio
+    try:
+        net.mask_ratio = mask_ratio
+        with torch.random.fork_rng(devices=gpus):
+            torch.manual_seed(seed)
+            for x, y in iter_batches(images, labels, batch_size, device):
+                out = split_mae_output(network(x).float(), x.shape[1], getattr(net, "output_extras", ()))
+                masks.append(image_mask_to_patches(out.mask, net.patch_size))
+                lesions.append(lesion_patches(y, lesion_classes, net.patch_size))
+                if as_bool(getattr(net, "use_mps", False)) and "category" in out.extras:
+                    categories.append(image_mask_to_patches(out.extras["category"], net.patch_size))
+    finally:
+        net.mask_ratio = previous
+    return mps_hit_rates(torch.cat(masks), torch.cat(lesions), torch.cat(categories) if categories else None)

@@ -55,7 +55,6 @@ from maskseg_monai.experiments.cli import (
     check_seeds,
     parse_command,
 )
-from maskseg_monai.experiments.cli import parse_override as _parse_override
 from maskseg_monai.experiments.evaluate import (
     BASELINE_METRICS,
     DEFAULT_BASELINE_CROPS,
@@ -100,8 +99,6 @@ __all__ = [
     "DEFAULT_MASK_RATIOS",
     "HEATMAP_METRICS",
     "RESERVED_KEYS",
-    "default_config_file",
-    "parse_override",
     "check_grid",
     "cell_overrides",
     "run_sweep",
@@ -126,29 +123,6 @@ RESERVED_KEYS: dict[str, str] = {
 _CELL = ("patch_size", "mask_ratio")
 _REGIONS = {"psnr_masked": "all masked pixels", "psnr_masked_small": "masked pixels of small objects"}
 _OTHER_COLUMNS = ("psnr_masked_rest", "ssim_masked", "psnr_all", "ssim_all")
-
-
-def default_config_file() -> Path:
-    """The MAE bundle's ``train.json`` of the source tree the package is imported from.
-
-    Raises:
-        FileNotFoundError: when the package is not run from a checkout holding ``bundles/mae`` (pass
-            ``config_file`` / ``--config_file`` then).
-    """
-    return bundle_config_file("mae")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one ``key=value`` bundle override (:func:`maskseg_monai.experiments.parse_override`).
-
-    Raises:
-        ValueError: without ``=``, with an empty key, or for a key the sweep sets itself (see ``RESERVED_KEYS``).
-
-    Example:
-        >>> parse_override("hidden_size=48"), parse_override("amp=false"), parse_override("loss_region=all")
-        (('hidden_size', 48), ('amp', False), ('loss_region', 'all'))
-    """
-    return _parse_override(text, RESERVED_KEYS, "the sweep")
 
 
 def check_grid(
@@ -292,7 +266,7 @@ def run_sweep(
         datalist: a MONAI datalist JSON (``"training"``/``"validation"`` lists of ``{"image", "label"}``).
         seeds: training seeds; every cell runs once per seed. Defaults to ``(0, 1, 2)``.
         output_dir: where results, run bundle roots (``cells/``) and demo data go.
-        config_file: the bundle's ``train.json``. Defaults to :func:`default_config_file`.
+        config_file: the bundle's ``train.json``. Defaults to the MAE bundle's.
         overrides: further bundle overrides (``key -> value``) for every run.
         small_area: small-object threshold in pixels/voxels. Defaults to 64 in 2D, 512 in 3D.
         small_dilation: pixels the small objects are grown by. Defaults to 2.
@@ -310,7 +284,7 @@ def run_sweep(
             ``epochs < 1``, no or repeated seeds, ``small_area < 1`` or ``small_dilation < 0``.
         FileNotFoundError: when ``config_file`` or ``datalist`` does not exist.
     """
-    config_file = Path(config_file) if config_file is not None else default_config_file()
+    config_file = Path(config_file) if config_file is not None else bundle_config_file("mae")
     extra = dict(overrides or {})
     check_run_inputs(config_file, datalist, epochs, extra, RESERVED_KEYS, "the sweep")
     seeds = check_seeds(seeds)

@@ -14,13 +14,13 @@ from maskseg_monai.experiments import (
     BASELINE_METRICS,
     GAIN_METRICS,
     LESION_METRICS,
+    MPS_METRICS,
     ablation,
     baseline_columns,
     evaluate,
     report,
 )
 from maskseg_monai.metrics import mps_hit_rates
-from maskseg_monai.networks import AMLPMaskedAutoencoder
 
 TINY = {
     "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4,
@@ -58,7 +58,7 @@ def test_tiny_ablation_writes_results(tiny_ablation):
     assert [(r["variant"], r["seed"]) for r in table] == [("mae", "0"), ("+ccl", "0"), ("mae", "1"), ("+ccl", "1")]
     columns = list(table[0])
     assert columns[:6] == ["variant", "seed", "epochs", "steps", "train_loss", "train_seconds"]
-    assert set(RECON + list(ablation.MPS_METRICS) + CLASS_METRICS) <= set(columns)
+    assert set(RECON + list(MPS_METRICS) + CLASS_METRICS) <= set(columns)
     for r in table:
         assert r["epochs"] == "1" and r["steps"] == "8"  # 32 training scenes, batch 4
         finite = ["train_loss", *RECON, *BASELINE_METRICS, *GAIN_METRICS, *LESION_METRICS, "mps_hit_rate"]
@@ -81,7 +81,8 @@ def test_tiny_ablation_writes_results(tiny_ablation):
     assert "TRAINING crops" in md and "patch 8, ratio 0.75: sigma" in md and "fewer than 48 pixels" in md
     learned = next(line for line in md.splitlines() if line.startswith("| variant") and "learned" in line)
     assert "gain_gaussian_psnr_masked" in learned and "masked pixels of the lesion classes" in md
-    assert "Partial results" not in md and "not measured yet" in md and "±" in md
+    assert "Partial results" not in md and "±" in md
+    assert "Not measured here: `python -m maskseg_monai.experiments.study`" in md
     assert "| mae | 2 |" in md and "| +ccl | 2 |" in md
     assert "## What each component changes (paired by seed)" in md and "| +ccl - mae | 2 |" in md
     effect = ablation.component_effects(rows)
@@ -113,15 +114,6 @@ def test_mps_hit_rates_hand_built():
     assert math.isnan(empty["category_precision"]) and empty["category_recall"] == 0.0
     with pytest.raises(ValueError, match="category must be"):
         mps_hit_rates(mask, lesion, category[:, :3])
-
-
-def test_lesion_patches():
-    labels = torch.zeros(1, 1, 8, 8)
-    labels[0, 0, 0, 0] = 3  # one pixel in patch 0
-    labels[0, 0, 5, 5] = 1  # patch 3, not a lesion class
-    labels[0, 0, 6, 1] = 4  # patch 2
-    assert ablation.lesion_patches(labels, [3, 4], 4).tolist() == [[1.0, 0.0, 1.0, 0.0]]
-    assert ablation.lesion_patches(labels, [1], 4).tolist() == [[0.0, 0.0, 0.0, 1.0]]
 
 
 def test_bad_variant_name_fails_before_training(tmp_path):
@@ -163,24 +155,3 @@ def test_cli_rejects_reserved_override(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablation.main(["--override", "seed=3", "--output_dir", str(tmp_path)])
     assert "--seeds" in capsys.readouterr().err
-
-
-def _tiny_amlp(**kwargs) -> AMLPMaskedAutoencoder:
-    return AMLPMaskedAutoencoder(in_channels=1, img_size=32, patch_size=8, spatial_dims=2, **TINY, **kwargs)
-
-
-@pytest.mark.parametrize("use_mps", [True, False])
-def test_evaluate_mps_is_repeatable_and_restores_the_ratio(use_mps):
-    net = _tiny_amlp(use_mps=use_mps, mask_ratio=0.5, mps_warmup=0)
-    images = [torch.rand(1, 32, 32) for _ in range(3)]
-    labels = [torch.zeros(1, 32, 32) for _ in range(3)]
-    for y in labels:
-        y[0, :8, :8] = 3  # patch 0 of every image is a lesion patch: 1 of 16
-    a = ablation.evaluate_mps(net, images, labels, [3], mask_ratio=0.75, seed=1, batch_size=2)
-    b = ablation.evaluate_mps(net, images, labels, [3], mask_ratio=0.75, seed=1, batch_size=2)
-    assert a == pytest.approx(b, nan_ok=True) and net.mask_ratio == 0.5
-    assert a["chance_hit_rate"] == pytest.approx(1 / 16)
-    assert 0 <= a["mps_hit_rate"] <= 1 / 12  # 12 masked patches per image, at most one of them lesion
-    assert math.isfinite(a["category_recall"]) == use_mps
-    nan = ablation.evaluate_mps(net, images, None, [3], mask_ratio=0.75)
-    assert all(math.isnan(v) for v in nan.values())

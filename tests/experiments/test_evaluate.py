@@ -12,7 +12,7 @@ from maskseg_monai.experiments import evaluate, read_bundle, train_cell, validat
 from maskseg_monai.experiments.runner import bundle_config_file
 from maskseg_monai.inferers import SeededMaskInferer
 from maskseg_monai.metrics import DEFAULT_SIGMAS, reconstruct_image, region_psnr, small_object_mask
-from maskseg_monai.networks import MaskedAutoencoderViT
+from maskseg_monai.networks import AMLPMaskedAutoencoder, MaskedAutoencoderViT
 
 TINY = {
     "hidden_size": 48, "mlp_dim": 96, "num_layers": 1, "num_heads": 4,
@@ -172,3 +172,33 @@ def test_score_label_maps_of_images_of_different_sizes():
     assert scores["dice"] == pytest.approx(0.5) and scores["n_gt_cell"] == 2 and "f1_cell" in scores
     with pytest.raises(ValueError, match="one label map per prediction"):
         evaluate.score_label_maps([small], [small, large], 2)
+
+
+def test_lesion_patches():
+    labels = torch.zeros(1, 1, 8, 8)
+    labels[0, 0, 0, 0] = 3  # one pixel in patch 0
+    labels[0, 0, 5, 5] = 1  # patch 3, not a lesion class
+    labels[0, 0, 6, 1] = 4  # patch 2
+    assert evaluate.lesion_patches(labels, [3, 4], 4).tolist() == [[1.0, 0.0, 1.0, 0.0]]
+    assert evaluate.lesion_patches(labels, [1], 4).tolist() == [[0.0, 0.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize("use_mps", [True, False])
+def test_evaluate_mps_is_repeatable_and_restores_the_ratio(use_mps):
+    net = _tiny_amlp(use_mps=use_mps, mask_ratio=0.5, mps_warmup=0)
+    images = [torch.rand(1, 32, 32) for _ in range(3)]
+    labels = [torch.zeros(1, 32, 32) for _ in range(3)]
+    for y in labels:
+        y[0, :8, :8] = 3  # patch 0 of every image is a lesion patch: 1 of 16
+    a = evaluate.evaluate_mps(net, images, labels, [3], mask_ratio=0.75, seed=1, batch_size=2)
+    b = evaluate.evaluate_mps(net, images, labels, [3], mask_ratio=0.75, seed=1, batch_size=2)
+    assert a == pytest.approx(b, nan_ok=True) and net.mask_ratio == 0.5
+    assert a["chance_hit_rate"] == pytest.approx(1 / 16)
+    assert 0 <= a["mps_hit_rate"] <= 1 / 12  # 12 masked patches per image, at most one of them lesion
+    assert math.isfinite(a["category_recall"]) == use_mps
+    nan = evaluate.evaluate_mps(net, images, None, [3], mask_ratio=0.75)
+    assert all(math.isnan(v) for v in nan.values())
+
+
+def _tiny_amlp(**kwargs) -> AMLPMaskedAutoencoder:
+    return AMLPMaskedAutoencoder(in_channels=1, img_size=32, patch_size=8, spatial_dims=2, **TINY, **kwargs)

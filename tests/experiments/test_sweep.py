@@ -153,18 +153,6 @@ def test_check_grid_accepts_3d_and_tuples():
         sweep.check_grid([8], [0.5], (32, 36, 32), 3)
 
 
-def test_parse_override():
-    assert sweep.parse_override("hidden_size=48") == ("hidden_size", 48)
-    assert sweep.parse_override("learning_rate=2e-3") == ("learning_rate", 2e-3)
-    assert sweep.parse_override("amp=false") == ("amp", False)
-    assert sweep.parse_override("amp=False") == ("amp", False)
-    assert sweep.parse_override("loss_region=all") == ("loss_region", "all")
-    assert sweep.parse_override("img_size=[64, 64]") == ("img_size", [64, 64])
-    for bad, match in (("hidden_size", "key=value"), ("=3", "key=value"), ("patch_size=4", "--patch_sizes")):
-        with pytest.raises(ValueError, match=match):
-            sweep.parse_override(bad)
-
-
 def test_cli_rejects_reserved_override(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--override", "mask_ratio=0.3", "--output_dir", str(tmp_path)])
@@ -189,11 +177,6 @@ def test_missing_config_and_datalist(tmp_path):
         sweep.run_sweep([8], [0.5], epochs=1, output_dir=tmp_path, config_file=tmp_path / "nope.json")
     with pytest.raises(FileNotFoundError, match="datalist"):
         sweep.run_sweep([8], [0.5], epochs=1, output_dir=tmp_path, datalist=tmp_path / "nope.json")
-
-
-def test_default_config_file_is_the_repository_bundle():
-    path = sweep.default_config_file()
-    assert path.name == "train.json" and path.parent.parent.name == "mae"
 
 
 def test_cell_overrides_share_data_and_schedule(tmp_path):
