@@ -9,18 +9,38 @@ features of the segmentation branch, the last one also feeding the guidance bran
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool
+from monai.utils import look_up_option
 from torch import nn
 
 from maskseg_monai.networks.blocks.similarity import resize_to
 from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
+from maskseg_monai.networks.transfer import TransferReport, load_pretrained_encoder
+from maskseg_monai.utils import as_bool
 
-__all__ = ["OneShotBackbone", "CNNBackbone", "ViTBackbone", "vit_taps"]
+__all__ = [
+    "OneShotBackbone",
+    "CNNBackbone",
+    "ViTBackbone",
+    "vit_taps",
+    "SUPPORTED_BACKBONES",
+    "BACKBONE_ATTRS",
+    "build_backbone",
+    "attach_backbone",
+    "load_vit_encoder",
+]
+
+#: the built-in backbones, by name
+SUPPORTED_BACKBONES = ("cnn", "vit")
+#: the attributes (hence state-dict prefixes) a one-shot network may hold its backbone in: ``cnn`` and ``vit`` for
+#: the built-in ones (the keys of earlier checkpoints), ``backbone`` for any other module
+BACKBONE_ATTRS = ("cnn", "vit", "backbone")
 
 
 @runtime_checkable
@@ -154,3 +174,102 @@ class ViTBackbone(ViTEncoder):
             ``len(taps)`` maps ``[B, hidden_size, *grid_size]``.
         """
         return self.forward_intermediates(resize_to(x, self.img_size), self.taps[:-1], final=True)
+
+
+def build_backbone(
+    name: str,
+    in_channels: int,
+    spatial_dims: int,
+    channels: Sequence[int] = (32, 64, 128, 128, 128),
+    output_stride: int = 4,
+    norm: str | tuple | None = "batch",
+    img_size: Sequence[int] | int = 64,
+    patch_size: Sequence[int] | int = 8,
+    hidden_size: int = 192,
+    mlp_dim: int = 768,
+    num_layers: int = 6,
+    num_heads: int = 6,
+    pos_embed_type: str = "learnable",
+    use_flash_attention: bool = True,
+) -> CNNBackbone | ViTBackbone:
+    """The built-in backbone ``name`` (``"cnn"`` or ``"vit"``) from SG-One's backbone arguments (see
+    :class:`~maskseg_monai.networks.SGOne`; :class:`~maskseg_monai.networks.PrototypeMatcher` takes the same).
+
+    Raises:
+        ValueError: for another name or bad CNN/ViT arguments.
+    """
+    if look_up_option(name, SUPPORTED_BACKBONES) == "cnn":
+        return CNNBackbone(spatial_dims, in_channels, channels, output_stride, norm)
+    return ViTBackbone(
+        in_channels,
+        img_size,
+        patch_size,
+        hidden_size=hidden_size,
+        mlp_dim=mlp_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        pos_embed_type=pos_embed_type,
+        spatial_dims=spatial_dims,
+        use_flash_attention=as_bool(use_flash_attention, "use_flash_attention"),
+    )
+
+
+def attach_backbone(owner: nn.Module, backbone: nn.Module, supported: Sequence[str] = SUPPORTED_BACKBONES) -> str:
+    """Check that ``backbone`` fits the one-shot network ``owner`` and hold it there.
+
+    The backbone becomes the attribute ``cnn`` (a :class:`CNNBackbone`), ``vit`` (a :class:`ViTBackbone`) or
+    ``backbone`` (any other module) of ``owner``, which is also its state-dict prefix; the other two attributes of
+    :data:`BACKBONE_ATTRS` are set to None. Shared by :class:`~maskseg_monai.networks.SGOne` and
+    :class:`~maskseg_monai.networks.PrototypeMatcher`, so that a trained SG-One's backbone weights load into the
+    matcher under the same keys.
+
+    Args:
+        owner: the network; its ``spatial_dims`` and ``in_channels`` must be set.
+        backbone: the backbone module.
+        supported: the backbone names ``owner`` builds itself (for the error message).
+
+    Returns:
+        the attribute name.
+
+    Raises:
+        ValueError: when the backbone lacks the :class:`OneShotBackbone` interface, its ``out_channels`` are not
+            positive widths, or its ``spatial_dims`` / ``in_channels`` differ from the owner's.
+    """
+    name = type(owner).__name__
+    if not isinstance(backbone, nn.Module) or not isinstance(backbone, OneShotBackbone):
+        raise ValueError(
+            f"backbone must be one of {tuple(supported)} or an nn.Module with 'spatial_dims', 'out_channels' and a "
+            f"call returning feature maps (see OneShotBackbone), got {type(backbone).__name__}."
+        )
+    channels = backbone.out_channels
+    widths = isinstance(channels, Sequence) and all(isinstance(c, int) and c > 0 for c in channels)
+    if not channels or not widths:
+        raise ValueError(f"backbone.out_channels must be a non-empty tuple of widths, got {channels!r}.")
+    if backbone.spatial_dims != owner.spatial_dims:
+        raise ValueError(f"backbone is {backbone.spatial_dims}D but {name} has spatial_dims={owner.spatial_dims}.")
+    if getattr(backbone, "in_channels", owner.in_channels) != owner.in_channels:
+        raise ValueError(
+            f"backbone takes {backbone.in_channels} channels but {name} has in_channels={owner.in_channels}."
+        )
+    attr = "cnn" if isinstance(backbone, CNNBackbone) else "vit" if isinstance(backbone, ViTBackbone) else "backbone"
+    for a in BACKBONE_ATTRS:
+        setattr(owner, a, backbone if a == attr else None)
+    return attr
+
+
+def load_vit_encoder(
+    backbone: nn.Module, path_or_state: str | os.PathLike | Mapping, hint: str = "", **kwargs
+) -> TransferReport:
+    """Load a pretrained ViT encoder (MAE/AMLP ``encoder.pt`` or checkpoint) into a one-shot network's backbone.
+
+    Keyword arguments go to :func:`~maskseg_monai.networks.transfer.load_pretrained_encoder`.
+
+    Raises:
+        ValueError: when the backbone is not a :class:`ViTEncoder` (the message ends with ``hint``), or from the
+            loader (file, keys, shapes).
+    """
+    if not isinstance(backbone, ViTEncoder):
+        raise ValueError(
+            f"pretrained_encoder needs backbone 'vit' (a ViTEncoder), got {type(backbone).__name__}{hint}."
+        )
+    return load_pretrained_encoder(backbone, path_or_state, **kwargs)

@@ -14,7 +14,7 @@ from monai.networks.layers import GaussianFilter
 from monai.utils import ensure_tuple, look_up_option
 from torch import nn
 
-from maskseg_monai.networks.backbones import CNNBackbone, OneShotBackbone, ViTBackbone
+from maskseg_monai.networks.backbones import attach_backbone, build_backbone, load_vit_encoder
 from maskseg_monai.networks.blocks.prototypes import (
     SUPPORTED_PROTOTYPES,
     AdaptiveLocalPrototypePooling,
@@ -22,16 +22,13 @@ from maskseg_monai.networks.blocks.prototypes import (
     prototype_scores,
 )
 from maskseg_monai.networks.blocks.similarity import SUPPORTED_MAP_RESIZE, resize_to
-from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
-from maskseg_monai.networks.sgone import build_backbone
-from maskseg_monai.networks.transfer import TransferReport, load_pretrained_encoder
+from maskseg_monai.networks.transfer import TransferReport
 
 __all__ = ["IntensityFeatures", "PrototypeMatcher", "SUPPORTED_MATCHER_BACKBONES"]
 
 SUPPORTED_MATCHER_BACKBONES = ("cnn", "vit", "intensity")
 #: SG-One keys that configure its trainable head: meaningless here, refused with a hint
 _SGONE_HEAD_KEYS = ("seg_channels", "guide_channels", "guidance_logit_scale", "align_weight")
-_BACKBONE_ATTRS = ((CNNBackbone, "cnn"), (ViTBackbone, "vit"))
 _NOT_KEYS = ("self", "unknown")
 
 
@@ -251,11 +248,8 @@ class PrototypeMatcher(nn.Module):
                         name, in_channels, spatial_dims, channels, output_stride, norm, img_size, patch_size,
                         hidden_size, mlp_dim, num_layers, num_heads, pos_embed_type, use_flash_attention,
                     )  # fmt: skip
-        self._check_backbone(backbone)
-        self.backbone_attr = next((a for cls, a in _BACKBONE_ATTRS if isinstance(backbone, cls)), "backbone")
+        self.backbone_attr = attach_backbone(self, backbone, SUPPORTED_MATCHER_BACKBONES)
         """Attribute holding the backbone module: ``"cnn"``, ``"vit"`` or ``"backbone"``."""
-        for attr in ("cnn", "vit", "backbone"):
-            setattr(self, attr, backbone if attr == self.backbone_attr else None)
         n = len(backbone.out_channels)
         stages = tuple(range(n)) if stages is None else tuple(int(s) for s in ensure_tuple(stages))
         if not stages or any(not -n <= s < n for s in stages):
@@ -265,23 +259,6 @@ class PrototypeMatcher(nn.Module):
         if pretrained_encoder:
             self.load_encoder(pretrained_encoder)
         self.train(False)
-
-    def _check_backbone(self, backbone: nn.Module) -> None:
-        if not isinstance(backbone, nn.Module) or not isinstance(backbone, OneShotBackbone):
-            raise ValueError(
-                f"backbone must be one of {SUPPORTED_MATCHER_BACKBONES} or an nn.Module with 'spatial_dims', "
-                "'out_channels' and a call returning feature maps (see OneShotBackbone), got "
-                f"{type(backbone).__name__}."
-            )
-        if backbone.spatial_dims != self.spatial_dims:
-            raise ValueError(
-                f"backbone is {backbone.spatial_dims}D but PrototypeMatcher has spatial_dims={self.spatial_dims}."
-            )
-        if getattr(backbone, "in_channels", self.in_channels) != self.in_channels:
-            raise ValueError(
-                f"backbone takes {backbone.in_channels} channels but PrototypeMatcher has "
-                f"in_channels={self.in_channels}."
-            )
 
     def train(self, mode: bool = True) -> PrototypeMatcher:
         """Always eval mode: the matcher is frozen (``mode`` is ignored)."""
@@ -349,9 +326,6 @@ class PrototypeMatcher(nn.Module):
         Raises:
             ValueError: when the backbone is not a :class:`ViTEncoder`, or from the loader (file, keys, shapes).
         """
-        backbone = getattr(self, self.backbone_attr)
-        if not isinstance(backbone, ViTEncoder):
-            raise ValueError(f"pretrained_encoder needs backbone 'vit' (a ViTEncoder), got {type(backbone).__name__}.")
-        report = load_pretrained_encoder(backbone, path_or_state, **kwargs)
+        report = load_vit_encoder(getattr(self, self.backbone_attr), path_or_state, **kwargs)
         self.requires_grad_(False)
         return report

@@ -12,56 +12,12 @@ from monai.networks.layers.factories import Conv
 from monai.utils import look_up_option
 from torch import nn
 
-from maskseg_monai.networks.backbones import CNNBackbone, OneShotBackbone, ViTBackbone
+from maskseg_monai.networks.backbones import attach_backbone, build_backbone, load_vit_encoder
 from maskseg_monai.networks.blocks.prototypes import SUPPORTED_PROTOTYPES, AdaptiveLocalPrototypePooling, Prototypes
 from maskseg_monai.networks.blocks.similarity import CosineSimilarityGuidance, MaskedAveragePooling, resize_to
-from maskseg_monai.networks.blocks.vit_encoder import ViTEncoder
-from maskseg_monai.networks.transfer import TransferReport, load_pretrained_encoder
-from maskseg_monai.utils import as_bool
+from maskseg_monai.networks.transfer import TransferReport
 
-__all__ = ["SGOne", "SUPPORTED_BACKBONES", "build_backbone"]
-
-SUPPORTED_BACKBONES = ("cnn", "vit")
-# attribute, hence state-dict prefix, of each built-in backbone (``cnn.*``, ``vit.*``: the keys of earlier
-# checkpoints); any other backbone module is ``backbone.*``
-_BACKBONE_ATTRS = ((CNNBackbone, "cnn"), (ViTBackbone, "vit"))
-
-
-def build_backbone(
-    name: str,
-    in_channels: int,
-    spatial_dims: int,
-    channels: Sequence[int] = (32, 64, 128, 128, 128),
-    output_stride: int = 4,
-    norm: str | tuple | None = "batch",
-    img_size: Sequence[int] | int = 64,
-    patch_size: Sequence[int] | int = 8,
-    hidden_size: int = 192,
-    mlp_dim: int = 768,
-    num_layers: int = 6,
-    num_heads: int = 6,
-    pos_embed_type: str = "learnable",
-    use_flash_attention: bool = True,
-) -> CNNBackbone | ViTBackbone:
-    """The built-in backbone ``name`` (``"cnn"`` or ``"vit"``) from SG-One's backbone arguments (see :class:`SGOne`).
-
-    Raises:
-        ValueError: for another name or bad CNN/ViT arguments.
-    """
-    if look_up_option(name, SUPPORTED_BACKBONES) == "cnn":
-        return CNNBackbone(spatial_dims, in_channels, channels, output_stride, norm)
-    return ViTBackbone(
-        in_channels,
-        img_size,
-        patch_size,
-        hidden_size=hidden_size,
-        mlp_dim=mlp_dim,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        pos_embed_type=pos_embed_type,
-        spatial_dims=spatial_dims,
-        use_flash_attention=as_bool(use_flash_attention, "use_flash_attention"),
-    )
+__all__ = ["SGOne"]
 
 
 class SGOne(nn.Module):
@@ -221,11 +177,8 @@ class SGOne(nn.Module):
                 pos_embed_type,
                 use_flash_attention,
             )
-        self._check_backbone(backbone)
-        self.backbone_attr = next((a for cls, a in _BACKBONE_ATTRS if isinstance(backbone, cls)), "backbone")
+        self.backbone_attr = attach_backbone(self, backbone)
         """Attribute holding the backbone module: ``"cnn"``, ``"vit"`` or ``"backbone"``."""
-        for attr in ("cnn", "vit", "backbone"):
-            setattr(self, attr, backbone if attr == self.backbone_attr else None)
         feat_ch = tuple(backbone.out_channels)
         conv = Conv[Conv.CONV, spatial_dims]
         guide_channels = guide_channels or feat_ch[-1]
@@ -245,24 +198,6 @@ class SGOne(nn.Module):
         self.auxiliary_loss: torch.Tensor | None = None
         """PANet's alignment loss of the last forward, times ``align_weight`` (training with ``align_weight > 0``);
         None otherwise. Reset by every forward; :class:`~maskseg_monai.losses.AuxiliaryLossWrapper` adds it."""
-
-    def _check_backbone(self, backbone: nn.Module) -> None:
-        """Raise a ``ValueError`` when a backbone lacks the :class:`OneShotBackbone` interface or does not fit."""
-        if not isinstance(backbone, nn.Module) or not isinstance(backbone, OneShotBackbone):
-            raise ValueError(
-                f"backbone must be one of {SUPPORTED_BACKBONES} or an nn.Module with 'spatial_dims', 'out_channels' "
-                f"and a call returning feature maps (see OneShotBackbone), got {type(backbone).__name__}."
-            )
-        channels = backbone.out_channels
-        widths = isinstance(channels, Sequence) and all(isinstance(c, int) and c > 0 for c in channels)
-        if not channels or not widths:
-            raise ValueError(f"backbone.out_channels must be a non-empty tuple of widths, got {channels!r}.")
-        if backbone.spatial_dims != self.spatial_dims:
-            raise ValueError(f"backbone is {backbone.spatial_dims}D but SGOne has spatial_dims={self.spatial_dims}.")
-        if getattr(backbone, "in_channels", self.in_channels) != self.in_channels:
-            raise ValueError(
-                f"backbone takes {backbone.in_channels} channels but SGOne has in_channels={self.in_channels}."
-            )
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's feature maps of images ``[B, C, *spatial]``."""
@@ -448,10 +383,5 @@ class SGOne(nn.Module):
             ValueError: when the backbone is not a :class:`ViTEncoder` (``"cnn"``), or from the loader (file, keys,
                 shapes).
         """
-        backbone = getattr(self, self.backbone_attr)
-        if not isinstance(backbone, ViTEncoder):
-            raise ValueError(
-                f"pretrained_encoder needs backbone 'vit' (a ViTEncoder), got {type(backbone).__name__}; the 'cnn' "
-                "backbone trains from scratch or loads a whole SG-One checkpoint."
-            )
-        return load_pretrained_encoder(backbone, path_or_state, **kwargs)
+        hint = "; the 'cnn' backbone trains from scratch or loads a whole SG-One checkpoint"
+        return load_vit_encoder(getattr(self, self.backbone_attr), path_or_state, hint, **kwargs)

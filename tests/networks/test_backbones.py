@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from maskseg_monai.networks import CNNBackbone, OneShotBackbone, SGOne, ViTBackbone, ViTEncoder, export_encoder
+from maskseg_monai.networks import (
+    CNNBackbone,
+    OneShotBackbone,
+    PrototypeMatcher,
+    SGOne,
+    ViTBackbone,
+    ViTEncoder,
+    export_encoder,
+)
 from maskseg_monai.networks.backbones import vit_taps
 from maskseg_monai.networks.blocks import resize_to
 from maskseg_monai.networks.mae import MaskedAutoencoderViT
@@ -123,3 +131,23 @@ def test_vit_backbone_module_loads_an_encoder(tmp_path):
 def test_sgone_rejects_unfit_backbones(backbone, match):
     with pytest.raises(ValueError, match=match):
         SGOne(backbone=backbone)
+
+
+@pytest.mark.parametrize("network", [SGOne, PrototypeMatcher])
+def test_both_one_shot_networks_check_and_hold_a_backbone_alike(network):
+    name = network.__name__
+    unfit = {TwoScaleBackbone(3): f"3D but {name} has spatial_dims=2",
+             TwoScaleBackbone(2, in_channels=3): f"but {name} has in_channels=1"}  # fmt: skip
+    for backbone, match in unfit.items():
+        with pytest.raises(ValueError, match=match):
+            network(backbone=backbone)
+    bad = TwoScaleBackbone()
+    bad.out_channels = ()
+    with pytest.raises(ValueError, match="non-empty tuple of widths"):
+        network(backbone=bad)
+    mine = TwoScaleBackbone()
+    net = network(backbone=mine)
+    assert (net.backbone_attr, net.backbone, net.cnn, net.vit) == ("backbone", mine, None, None)
+    assert network(channels=CH).backbone_attr == "cnn" and isinstance(network(channels=CH).cnn, CNNBackbone)
+    with pytest.raises(ValueError, match="backbone 'vit'"):
+        network(channels=CH).load_encoder({})
