@@ -11,6 +11,7 @@ import torch
 from monai.handlers import from_engine
 from monai.utils import look_up_option
 
+from maskseg_monai.handlers.collecting import CollectingSaver
 from maskseg_monai.metrics.abdominal import (
     PUBLISHED_DICE,
     SUPPORTED_SETTINGS,
@@ -37,7 +38,7 @@ def _items(batch: Any) -> list[dict]:
     ]
 
 
-class AbdominalProtocolSaver:
+class AbdominalProtocolSaver(CollectingSaver):
     """Sum each (query volume, class)'s true/false positives and false negatives over its scored slices and write
     the fold's tables (:func:`~maskseg_monai.metrics.abdominal.write_protocol_tables`): ``per_volume.csv``,
     ``per_class.csv`` (with ``published_setting1``/``published_setting2``) and ``summary.csv``, atomically.
@@ -78,18 +79,6 @@ class AbdominalProtocolSaver:
         self.class_names = {str(k): str(v) for k, v in (class_names or {}).items()}
         self.output_transform = output_transform
         self.counts: dict[tuple[str, int], dict[str, Any]] = {}
-
-    def attach(self, engine: Engine) -> None:
-        """Reset at ``EPOCH_STARTED``, collect at ``ITERATION_COMPLETED``, write at ``COMPLETED``."""
-        from ignite.engine import Events
-
-        for event, handler in (
-            (Events.EPOCH_STARTED, self.reset),
-            (Events.ITERATION_COMPLETED, self.collect),
-            (Events.COMPLETED, self.write),
-        ):
-            if not engine.has_event_handler(handler, event):
-                engine.add_event_handler(event, handler)
 
     def reset(self, engine: Engine | None = None) -> None:
         """Forget the collected counts."""

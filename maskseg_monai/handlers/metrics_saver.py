@@ -13,6 +13,7 @@ from monai.handlers import from_engine
 from monai.metrics import compute_dice
 from monai.utils import look_up_option
 
+from maskseg_monai.handlers.collecting import CollectingSaver
 from maskseg_monai.handlers.degenerate import degenerate_mask
 from maskseg_monai.metrics.oneshot_baselines import SUPPORTED_ONESHOT_BASELINES, oneshot_baselines
 from maskseg_monai.metrics.segmentation import (
@@ -52,7 +53,7 @@ def _write_summary(summary: dict[str, float], save_dir: str) -> None:
     atomic_write(os.path.join(save_dir, "metrics_summary.csv"), write)
 
 
-class SegmentationMetricsSaver:
+class SegmentationMetricsSaver(CollectingSaver):
     """Write per-image small-object segmentation metrics (:mod:`maskseg_monai.metrics.segmentation`) of an evaluator.
 
     Collects the post-processed one-hot ``pred`` and ``label`` of every iteration and, when the run completes,
@@ -94,18 +95,6 @@ class SegmentationMetricsSaver:
         )
         self.rows: list[dict[str, float]] = []
         self.ids: list[str] = []
-
-    def attach(self, engine: Engine) -> None:
-        """Reset at ``EPOCH_STARTED``, collect at ``ITERATION_COMPLETED``, write at ``COMPLETED``."""
-        from ignite.engine import Events
-
-        for event, handler in (
-            (Events.EPOCH_STARTED, self.reset),
-            (Events.ITERATION_COMPLETED, self.collect),
-            (Events.COMPLETED, self.write),
-        ):
-            if not engine.has_event_handler(handler, event):
-                engine.add_event_handler(event, handler)
 
     def reset(self, engine: Engine | None = None) -> None:
         """Forget the collected rows."""
