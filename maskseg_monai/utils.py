@@ -8,7 +8,8 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "error_summary",
     "install_error_hook",
     "output_stem",
+    "run_command",
     "safe_stem",
 ]
 
@@ -129,6 +131,36 @@ def install_error_hook() -> None:
 
     hook._maskseg_error_hook = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def run_command(
+    action: Callable[[], Any], exit_codes: Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], int]]
+) -> int:
+    """Run one command-line action and return its exit status.
+
+    The status is 0, or that of the first ``exit_codes`` entry whose exception type(s) match what the action
+    raised, after printing ``error: <message>`` to stderr; any other exception propagates. Warnings the action
+    raises are printed to stderr as ``warning: <message>``, also when it fails, so that none is lost behind an
+    error. Shared by ``python -m maskseg_monai.data`` and ``python -m maskseg_monai.data.abdominal``.
+
+    Example:
+        >>> run_command(lambda: None, [(ValueError, 2)]), run_command(lambda: int("x"), [(ValueError, 2)])
+        (0, 2)
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            action()
+            return 0
+        except Exception as err:
+            code = next((c for types, c in exit_codes if isinstance(err, types)), None)
+            if code is None:
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return code
+        finally:
+            for w in caught:
+                print(f"warning: {w.message}", file=sys.stderr)
 
 
 _STRIP_EXTENSIONS = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".mha", ".nrrd", ".dcm", ".jpg", ".jpeg")

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
-from maskseg_monai.utils import as_bool, atomic_write
+from maskseg_monai.utils import BadInputError, as_bool, atomic_write, run_command
 
 
 @pytest.mark.parametrize(
@@ -74,3 +76,24 @@ def test_load_datalist_names_the_file(tmp_path):
     with pytest.raises(BadInputError, match=r"no_key\.json: not a usable datalist"):
         load_datalist(no_key, "validation")
     assert load_datalist(no_key) == [{"image": str(tmp_path / "a.png")}]
+
+
+def test_run_command_exit_codes_and_warnings(capsys):
+    codes = [(BadInputError, 1), ((ValueError, FileNotFoundError), 2)]
+
+    def warn_then(exc=None):
+        def action():
+            warnings.warn("half the files have no label", UserWarning, stacklevel=2)
+            if exc is not None:
+                raise exc
+
+        return action
+
+    assert run_command(warn_then(), codes) == 0
+    assert capsys.readouterr().err == "warning: half the files have no label\n"
+    assert run_command(warn_then(BadInputError("a.nii: empty")), codes) == 1  # the first match wins
+    assert capsys.readouterr().err == "error: a.nii: empty\nwarning: half the files have no label\n"
+    assert run_command(warn_then(FileNotFoundError("b.json")), codes) == 2
+    with pytest.raises(KeyError):  # not an expected failure: the traceback stays
+        run_command(warn_then(KeyError("k")), codes)
+    assert "warning: half the files" in capsys.readouterr().err  # printed also then

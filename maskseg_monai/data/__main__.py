@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
 
 from maskseg_monai.data.demo import DEMO_SETS, materialize_demo
 from maskseg_monai.data.manifest import ManifestError, VerificationError, lock_path, prepare_dataset
+from maskseg_monai.utils import run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,29 +42,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            if args.command == "prepare":
-                out = prepare_dataset(
-                    args.manifest, args.root, args.output, args.val_fraction, args.seed, args.write_checksums
-                )
-                print(out)
-                if args.write_checksums:
-                    print(lock_path(out))
-            else:
-                names = "all" if args.names == ["all"] else args.names
-                for name, path in materialize_demo(args.root, names, args.overwrite).items():
-                    print(f"{name}: {path}")
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
-    except VerificationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ManifestError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    def run() -> None:
+        if args.command == "prepare":
+            out = prepare_dataset(args.manifest, args.root, args.output, args.val_fraction, args.seed,
+                                  args.write_checksums)  # fmt: skip
+            print(out)
+            if args.write_checksums:
+                print(lock_path(out))
+        else:
+            names = "all" if args.names == ["all"] else args.names
+            for name, path in materialize_demo(args.root, names, args.overwrite).items():
+                print(f"{name}: {path}")
+
+    return run_command(run, [(VerificationError, 1), ((ManifestError, ValueError, FileNotFoundError), 2)])
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ import logging
 import os
 import re
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +73,7 @@ from maskseg_monai.metrics.abdominal import (
     read_volume_rows,
     write_protocol_tables,
 )
-from maskseg_monai.utils import BadInputError
+from maskseg_monai.utils import BadInputError, run_command
 
 __all__ = [
     "CLASS_GROUPS",
@@ -367,29 +366,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            if args.command == "btcv-to-nifti":
-                print(convert_btcv(args.root, args.out, args.size))
-            elif args.command == "chaos-to-nifti":
-                print(convert_chaos(args.root, args.out, args.size))
-            elif args.command == "fold-datalist":
-                print(write_fold_datalist(args.datalist, args.fold, args.setting, args.test_group, args.output))
-            else:
-                tables = [Path(t) / "per_volume.csv" if Path(t).is_dir() else Path(t) for t in args.tables]
-                paths = write_protocol_tables(read_volume_rows(tables), args.output)
-                print("\n".join(str(p) for p in paths.values()))
-                print(Path(paths["summary"]).read_text().strip())
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
-    except BadInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    def run() -> None:
+        if args.command == "btcv-to-nifti":
+            print(convert_btcv(args.root, args.out, args.size))
+        elif args.command == "chaos-to-nifti":
+            print(convert_chaos(args.root, args.out, args.size))
+        elif args.command == "fold-datalist":
+            print(write_fold_datalist(args.datalist, args.fold, args.setting, args.test_group, args.output))
+        else:
+            tables = [Path(t) / "per_volume.csv" if Path(t).is_dir() else Path(t) for t in args.tables]
+            paths = write_protocol_tables(read_volume_rows(tables), args.output)
+            print("\n".join(str(p) for p in paths.values()))
+            print(Path(paths["summary"]).read_text().strip())
+
+    return run_command(run, [(BadInputError, 1), ((ValueError, FileNotFoundError), 2)])
 
 
 if __name__ == "__main__":
